@@ -1,0 +1,3 @@
+"""Concept erasure for text-to-image diffusion models."""
+
+__version__ = "0.1.0"

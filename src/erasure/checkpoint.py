@@ -1,0 +1,92 @@
+"""Training checkpoints as safetensors: module weights, optimizer state, step. Written atomically.
+
+Optimizer state is flattened into tensors plus JSON metadata so that resuming never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().contiguous().clone()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
+                    step: int, extra: dict | None = None) -> None:
+    """Write `path/` (weights.safetensors, state.json) atomically: a crash leaves the old one intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {f"{name}.{k}": v.detach().contiguous().clone()
+                   for name, mod in modules.items() for k, v in mod.state_dict().items()}
+        meta: dict = {"step": step, "extra": extra or {}}
+        if optimizer is not None:
+            opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+            tensors.update(opt_tensors)
+            meta["optimizer"] = opt_meta
+        save_file(tensors, str(tmp / "weights.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta))
+        old = path.with_name(path.name + ".old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore modules (and optimizer) in place; return the saved state (step, extra)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        tensors = load_file(str(path / "weights.safetensors"))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
+    for name, mod in modules.items():
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = mod.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path} does not match module {name!r}: "
+                                  f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if optimizer is not None and "optimizer" in meta:
+        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+        optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
+    return meta

@@ -1,0 +1,275 @@
+"""Train the shipped miniworld model from scratch on a CPU, in resumable phases.
+
+Phases, each resuming from its last checkpoint under the work folder:
+  data       render the training set (images + scene labels), cached
+  vae        train the autoencoder (encoder and decoder)
+  diffusion  freeze the encoder, encode the set once, train text encoder + UNet (EMA kept)
+  decoder    refine the decoder alone on the frozen latents (latent space unchanged)
+  export     write the diffusers folder (EMA weights) and the tokenizer
+
+Every random draw of step k comes from a stream seeded by (seed, k), so a resumed run continues
+exactly as an uninterrupted one would. Wall time per phase is recorded in `train_log.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from .architecture import build_scheduler, build_text_encoder, build_unet, build_vae
+from .render import Scene
+from .world import caption, make_dataset
+
+DATA_SEED = 1234
+
+
+@dataclass
+class TrainConfig:
+    workdir: Path = Path(".cache/miniworld-train")
+    seed: int = 0
+    dataset_size: int = 60000
+    vae_steps: int = 2000
+    vae_batch: int = 16
+    vae_lr: float = 5e-4
+    diffusion_steps: int = 10000
+    diffusion_batch: int = 32
+    diffusion_lr: float = 3e-4
+    uncond_share: float = 0.1
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    decoder_steps: int = 2000
+    decoder_lr: float = 2e-4
+    checkpoint_every: int = 250
+    threads: int = 2
+    run_steps: int | None = None  # stop (with a checkpoint) after this many steps in this invocation
+
+
+def _log(cfg: TrainConfig, phase: str, **fields) -> None:
+    path = cfg.workdir / "train_log.json"
+    log = json.loads(path.read_text()) if path.exists() else []
+    log.append({"phase": phase, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields})
+    path.write_text(json.dumps(log, indent=1))
+
+
+def _render_chunk(args: tuple[int, int, int]):
+    seed, start, count = args
+    images, _, scenes = make_dataset(seed, count, start)
+    return images, [asdict(s) for s in scenes]
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[np.ndarray, list[Scene]]:
+    images_path, scenes_path = cfg.workdir / "images.npy", cfg.workdir / "scenes.json"
+    if images_path.exists() and scenes_path.exists():
+        scenes = [Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+                  for s in json.loads(scenes_path.read_text())]
+        return np.load(images_path), scenes
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    chunk = 2000
+    jobs = [(DATA_SEED, s, min(chunk, cfg.dataset_size - s)) for s in range(0, cfg.dataset_size, chunk)]
+    images, scene_dicts = [], []
+    with Pool(cfg.threads) as pool:
+        for imgs, sc in tqdm(pool.imap(_render_chunk, jobs), total=len(jobs), desc="rendering world"):
+            images.append(imgs)
+            scene_dicts += sc
+    images = np.concatenate(images)
+    np.save(images_path.with_suffix(".tmp.npy"), images)
+    images_path.with_suffix(".tmp.npy").replace(images_path)
+    scenes_path.write_text(json.dumps(scene_dicts))
+    return prepare_data(cfg)
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _step_rng(cfg: TrainConfig, phase: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    return (np.random.default_rng([cfg.seed, phase, step]),
+            torch.Generator().manual_seed(cfg.seed * 1_000_003 + phase * 100_003 + step))
+
+
+def _lr(base: float, step: int, total: int, warmup: int = 200) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _loop(cfg, name, phase_id, total, modules, params, lr, step_fn, log_every=50):
+    """Shared resumable loop: checkpoint every N steps, deterministic per-step randomness."""
+    ckpt = cfg.workdir / name
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start = 0
+    if ckpt.exists():
+        start = load_checkpoint(ckpt, modules, opt)["step"]
+    if start >= total:
+        return
+    stop = total if cfg.run_steps is None else min(total, start + cfg.run_steps)
+    t0, losses = time.time(), []
+    bar = tqdm(range(start, stop), initial=start, total=total, desc=name)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr(lr, step, total)
+        nrng, trng = _step_rng(cfg, phase_id, step)
+        loss = step_fn(nrng, trng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if "ema" in modules:
+            with torch.no_grad():
+                for e, p in zip(modules["ema"].parameters(), params):
+                    e.lerp_(p, 1 - cfg.ema_decay)
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stop:
+            save_checkpoint(ckpt, modules, opt, step + 1)
+            _log(cfg, name, step=step + 1, loss=float(np.mean(losses[-log_every:])),
+                 seconds=round(time.time() - t0, 1))
+            t0, losses = time.time(), losses[-log_every:]
+
+
+def train_vae(cfg: TrainConfig) -> None:
+    images, _ = prepare_data(cfg)
+    vae = build_vae()
+
+    def step(nrng, trng):
+        x = _to_tensor(images[nrng.integers(len(images), size=cfg.vae_batch)])
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=trng)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-5 * kl
+
+    _loop(cfg, "vae", 1, cfg.vae_steps, {"vae": vae}, list(vae.parameters()), cfg.vae_lr, step)
+
+
+def _trained_vae(cfg: TrainConfig):
+    vae = build_vae()
+    load_checkpoint(cfg.workdir / "vae", {"vae": vae}, None)
+    return vae
+
+
+def encode_dataset(cfg: TrainConfig) -> tuple[np.ndarray, float]:
+    """Posterior means of the whole set under the frozen encoder, and the latent scaling factor."""
+    path = cfg.workdir / "latents.npy"
+    if not path.exists():
+        images, _ = prepare_data(cfg)
+        vae = _trained_vae(cfg).eval()
+        out = []
+        with torch.no_grad():
+            for s in tqdm(range(0, len(images), 512), desc="encoding"):
+                out.append(vae.encode(_to_tensor(images[s:s + 512])).latent_dist.mean.numpy())
+        np.save(cfg.workdir / "latents.tmp.npy", np.concatenate(out))
+        (cfg.workdir / "latents.tmp.npy").replace(path)
+    latents = np.load(path)
+    return latents, float(1.0 / latents.std())
+
+
+def load_tokenizer(cfg: TrainConfig):
+    from transformers import CLIPTokenizer
+
+    from .tokenizer import build_tokenizer
+
+    path = cfg.workdir / "tokenizer"
+    if not path.exists():
+        build_tokenizer(cfg.seed).save_pretrained(str(path))
+    return CLIPTokenizer.from_pretrained(str(path))
+
+
+def _diffusion_modules(cfg: TrainConfig, tokenizer):
+    unet = build_unet()
+    text = build_text_encoder(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                              tokenizer.eos_token_id)
+    both = torch.nn.ModuleDict({"unet": unet, "text_encoder": text})
+    return both
+
+
+def train_diffusion(cfg: TrainConfig) -> None:
+    latents, scale = encode_dataset(cfg)
+    _, scenes = prepare_data(cfg)
+    tokenizer = load_tokenizer(cfg)
+    model = _diffusion_modules(cfg, tokenizer)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    sched = build_scheduler()
+    acp = sched.alphas_cumprod
+    snr = acp / (1 - acp)
+    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR weighting, epsilon target
+
+    def step(nrng, trng):
+        idx = nrng.integers(len(latents), size=cfg.diffusion_batch)
+        caps = ["" if nrng.random() < cfg.uncond_share else caption(scenes[i], nrng) for i in idx]
+        ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        z0 = torch.from_numpy(latents[idx]) * scale
+        noise = torch.randn(z0.shape, generator=trng)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=trng)
+        zt = sched.add_noise(z0, noise, t)
+        cond = model["text_encoder"](ids)[0]
+        pred = model["unet"](zt, t, cond).sample
+        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        return (per * weights[t]).mean()
+
+    _loop(cfg, "diffusion", 2, cfg.diffusion_steps, {"model": model, "ema": ema},
+          list(model.parameters()), cfg.diffusion_lr, step)
+
+
+def train_decoder(cfg: TrainConfig) -> None:
+    images, _ = prepare_data(cfg)
+    latents, _ = encode_dataset(cfg)
+    vae = _trained_vae(cfg)
+    dec = torch.nn.ModuleDict({"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder})
+
+    def step(nrng, trng):
+        idx = nrng.integers(len(images), size=cfg.vae_batch)
+        x = _to_tensor(images[idx])
+        z = torch.from_numpy(latents[idx])
+        z = z + 0.02 * z.std() * torch.randn(z.shape, generator=trng)  # tolerate sampler error
+        rec = vae.decode(z).sample
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+
+    _loop(cfg, "decoder", 3, cfg.decoder_steps, {"decoder": dec}, list(dec.parameters()),
+          cfg.decoder_lr, step)
+
+
+def export(cfg: TrainConfig, out: Path) -> Path:
+    """Write the trained pipeline as a standard diffusers folder (weights in safetensors)."""
+    from diffusers import StableDiffusionPipeline
+
+    from ..io import atomic_dir
+
+    _, scale = encode_dataset(cfg)
+    vae = _trained_vae(cfg)
+    if (cfg.workdir / "decoder").exists():
+        dec = torch.nn.ModuleDict({"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder})
+        load_checkpoint(cfg.workdir / "decoder", {"decoder": dec}, None)
+    vae.register_to_config(scaling_factor=scale)
+    tokenizer = load_tokenizer(cfg)
+    model = _diffusion_modules(cfg, tokenizer)
+    ema = copy.deepcopy(model)
+    load_checkpoint(cfg.workdir / "diffusion", {"model": model, "ema": ema}, None)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=ema["text_encoder"], tokenizer=tokenizer, unet=ema["unet"],
+        scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        log = cfg.workdir / "train_log.json"
+        if log.exists():
+            (tmp / "train_log.json").write_text(log.read_text())
+    return out
+
+
+PHASES = {"data": lambda c: prepare_data(c), "vae": train_vae, "diffusion": train_diffusion,
+          "decoder": train_decoder}

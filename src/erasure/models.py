@@ -1,0 +1,100 @@
+"""Load a text-to-image pipeline from `miniworld`, a local diffusers folder or a hub id.
+
+Weights are read from safetensors only (`use_safetensors=True`): a folder that has only pickled
+`.bin` weights is refused rather than unpickled. Every failure is one `ModelLoadError` that names
+the model and says what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+
+MINIWORLD = "miniworld"
+MINIWORLD_PATH = Path(__file__).resolve().parent / "miniworld" / "shipped" / "pipeline"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def resolve(spec: str) -> Path | str:
+    """`miniworld` -> the shipped folder; an existing folder -> its path; `owner/name` -> hub id."""
+    if spec == MINIWORLD:
+        if not (MINIWORLD_PATH / "model_index.json").is_file():
+            raise ModelLoadError(f"the shipped miniworld model is missing from {MINIWORLD_PATH}; "
+                                 "reinstall the package or run `erasure miniworld train`")
+        return MINIWORLD_PATH
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"--model {spec!r}: expected a diffusers pipeline folder with a "
+                                 "model_index.json, found none")
+        return path
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return spec
+    raise ModelLoadError(f"--model {spec!r}: no such folder, and not a hub id of the form "
+                         "'owner/name' (or use 'miniworld', the embedded default)")
+
+
+def load_pipeline(spec: str = MINIWORLD, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """A diffusers pipeline (SD 1.x / 2.x / XL) with no safety checker, ready to sample."""
+    from diffusers import DiffusionPipeline
+
+    target = resolve(spec)
+    kwargs = dict(torch_dtype=dtype, use_safetensors=True)
+    try:
+        index = _model_index(target)
+        if index is not None and "safety_checker" in index:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        pipe = DiffusionPipeline.from_pretrained(str(target), **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # diffusers raises many types; turn each into one clear message
+        raise ModelLoadError(_explain(spec, target, exc)) from exc
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
+        raise ModelLoadError(f"--model {spec!r}: expected a Stable Diffusion pipeline with a UNet and "
+                             f"a text encoder, got {type(pipe).__name__}")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _model_index(target: Path | str) -> dict | None:
+    if isinstance(target, Path):
+        try:
+            return json.loads((target / "model_index.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{target}/model_index.json is unreadable: {exc}") from exc
+    return None
+
+
+def _explain(spec: str, target: Path | str, exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(target, str):
+        return (f"--model {spec!r}: could not load this hub id: the model hub is unreachable from "
+                f"here and the model is not in the local cache ({text.splitlines()[0][:200]}). "
+                "Download it where the hub is reachable and pass the local folder instead.")
+    low = text.lower()
+    if "safetensors" in low and ("header" in low or "deserializ" in low or "incomplete" in low
+                                 or "invalid" in low or "metadata" in low):
+        return f"--model {spec!r}: a weights file in {target} is corrupt ({text.splitlines()[0][:200]})"
+    if "no file named" in low or "could not find" in low or "does not appear to have" in low:
+        return (f"--model {spec!r}: {target} lacks a component's safetensors weights "
+                f"({text.splitlines()[0][:200]}); only safetensors weights are loaded")
+    return f"--model {spec!r}: could not load the pipeline from {target}: {text.splitlines()[0][:300]}"
+
+
+def weights_hash(folder: Path) -> str:
+    """sha256 over every safetensors file in a pipeline folder (path and bytes), in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        h.update(str(f.relative_to(folder)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
