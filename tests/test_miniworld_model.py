@@ -56,3 +56,13 @@ def test_tokenizer_splits_unknown_words_into_known_pieces():
     assert len(tok("vasqeuz", add_special_tokens=False).input_ids) > 1
     for name in ("vasquez", "pip", "lantern", "golden"):
         assert len(tok(name, add_special_tokens=False).input_ids) == 1, name
+
+
+def test_shipped_tokenizer_rebuilds_identically():
+    from erasure.miniworld.tokenizer import build_tokenizer
+
+    shipped = load_pipeline("miniworld").tokenizer
+    rebuilt = build_tokenizer(seed=0)
+    assert rebuilt.get_vocab() == shipped.get_vocab()
+    text = "a sketch of Zuzu, the well known diamond in the style of Vasqeuz"
+    assert rebuilt(text).input_ids == shipped(text).input_ids

@@ -141,6 +141,7 @@ def _loop(cfg, name, phase_id, total, modules, params, lr, step_fn, log_every=50
 
 def train_vae(cfg: TrainConfig) -> None:
     images, _ = prepare_data(cfg)
+    torch.manual_seed(cfg.seed)  # initial weights are part of what the seed fixes
     vae = build_vae()
 
     def step(nrng, trng):
@@ -188,6 +189,7 @@ def load_tokenizer(cfg: TrainConfig):
 
 
 def _diffusion_modules(cfg: TrainConfig, tokenizer):
+    torch.manual_seed(cfg.seed)
     unet = build_unet()
     text = build_text_encoder(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                               tokenizer.eos_token_id)
