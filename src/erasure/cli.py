@@ -27,7 +27,7 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'miniworld', a loc
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -9,14 +9,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publishable(path: str | Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give them the usual permissions."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_dir(final: Path):
     """Yield a temporary sibling folder; on success it replaces `final` in one rename."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    _publishable(tmp, directory=True)
     try:
         yield tmp
+        for entry in tmp.rglob("*"):  # libraries write some files private (0600); publish normally
+            _publishable(entry, directory=entry.is_dir())
         old = final.with_name(f".{final.name}.old")
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -36,6 +50,7 @@ def atomic_file(final: Path, mode: str = "w"):
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
+        _publishable(tmp)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +67,7 @@ def save_safetensors(tensors: dict, final: Path, metadata: dict[str, str] | None
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        _publishable(tmp)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
