@@ -6,14 +6,13 @@ Optimizer state is flattened into tensors plus JSON metadata so that resuming ne
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .io import atomic_dir
 
 
 class CheckpointError(RuntimeError):
@@ -46,28 +45,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
                     step: int, extra: dict | None = None) -> None:
     """Write `path/` (weights.safetensors, state.json) atomically: a crash leaves the old one intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tensors = {f"{name}.{k}": v.detach().contiguous().clone()
-                   for name, mod in modules.items() for k, v in mod.state_dict().items()}
-        meta: dict = {"step": step, "extra": extra or {}}
-        if optimizer is not None:
-            opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-            tensors.update(opt_tensors)
-            meta["optimizer"] = opt_meta
+    tensors = {f"{name}.{k}": v.detach().contiguous().clone()
+               for name, mod in modules.items() for k, v in mod.state_dict().items()}
+    meta: dict = {"step": step, "extra": extra or {}}
+    if optimizer is not None:
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        tensors.update(opt_tensors)
+        meta["optimizer"] = opt_meta
+    with atomic_dir(Path(path)) as tmp:
         save_file(tensors, str(tmp / "weights.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta))
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
