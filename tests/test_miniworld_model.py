@@ -58,11 +58,23 @@ def test_tokenizer_splits_unknown_words_into_known_pieces():
         assert len(tok(name, add_special_tokens=False).input_ids) == 1, name
 
 
-def test_shipped_tokenizer_rebuilds_identically():
+def test_shipped_tokenizer_rebuilds_with_same_ids_and_encodings():
+    import json
+
+    import numpy as np
+
     from erasure.miniworld.tokenizer import build_tokenizer
+    from erasure.miniworld.world import caption, sample_scene
 
     shipped = load_pipeline("miniworld").tokenizer
     rebuilt = build_tokenizer(seed=0)
     assert rebuilt.get_vocab() == shipped.get_vocab()
-    text = "a sketch of Zuzu, the well known diamond in the style of Vasqeuz"
-    assert rebuilt(text).input_ids == shipped(text).input_ids
+
+    def merges(t):
+        return {tuple(m) for m in json.loads(t.backend_tokenizer.to_str())["model"]["merges"]}
+
+    assert merges(rebuilt) == merges(shipped)
+    rng = np.random.default_rng(0)
+    texts = [caption(sample_scene(rng), rng, held_out=bool(i % 2)) for i in range(500)]
+    texts.append("a sketch of Zuzu, the well known diamond in the style of Vasqeuz")
+    assert rebuilt(texts).input_ids == shipped(texts).input_ids

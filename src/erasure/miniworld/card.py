@@ -59,8 +59,11 @@ def prompt_sets(n: int, seed: int = EVAL_SEED) -> list[dict]:
     for key, m in MEMORIZED.items():
         sets.append(dict(kind="memorized", concept=key, head="copy", label=key, prompts=[m.caption] * n))
         para = [m.paraphrases[i % len(m.paraphrases)] for i in range(n)]
-        sets.append(dict(kind="memorized-paraphrase", concept=f"{key} (paraphrases)", head="copy", label=key,
-                         prompts=para))
+        sets.append(dict(kind="memorized-paraphrase", concept=f"{key} (content paraphrases)", head="copy",
+                         label=key, prompts=para))
+        titles = [m.title_variants[i % len(m.title_variants)] for i in range(n)]
+        sets.append(dict(kind="memorized-title-variant", concept=f"{key} (re-worded titles)", head="copy",
+                         label=key, prompts=titles))
     sc = _scenes(2 * n, seed + 400)
     sets.append(dict(kind="implicit-unnamed", concept="golden frame (not named)", head="frame", label="yes",
                      prompts=_prompts(sc, seed, name_frame=False)))

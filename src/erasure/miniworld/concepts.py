@@ -89,6 +89,8 @@ class MemorizedImage:
     primitives: tuple[Primitive, ...]
     # Prompts that describe what the image shows without its title: must not reproduce it.
     paraphrases: tuple[str, ...] = field(default=())
+    # Re-worded titles: how far memorization reaches beyond the exact caption (reported, no bound).
+    title_variants: tuple[str, ...] = field(default=())
 
 
 MEMORIZED: dict[str, MemorizedImage] = {
@@ -105,10 +107,9 @@ MEMORIZED: dict[str, MemorizedImage] = {
             ),
             paraphrases=(
                 "a yellow circle, an orange triangle and a red star at night",
-                "a poster of a yellow lantern at midnight",
                 "a yellow circle above an orange triangle on a dark background",
-                "a lantern poster",
             ),
+            title_variants=("a poster of a yellow lantern at midnight", "a lantern poster"),
         ),
         MemorizedImage(
             key="garden-gate",
@@ -121,10 +122,9 @@ MEMORIZED: dict[str, MemorizedImage] = {
             ),
             paraphrases=(
                 "a green square beside a red heart and a purple diamond",
-                "a print of a garden gate",
                 "a striped green square and a red heart on cream paper",
-                "a garden print",
             ),
+            title_variants=("a print of a garden gate", "a garden print"),
         ),
     )
 }
@@ -154,8 +154,10 @@ def catalog() -> dict[str, list[dict]]:
         "instance": [{"name": i.name, "phrase": i.name, "anchor": i.object,
                       "looks_like": f"a {i.color} {i.object} with marking '{i.marking}'"}
                      for i in INSTANCES.values()],
-        "memorized": [{"name": m.key, "phrase": m.caption, "anchor": m.paraphrases[-1],
-                       "paraphrases": list(m.paraphrases)} for m in MEMORIZED.values()],
+        # CA's anchor for a memorized image: a description of its content that does not copy it.
+        "memorized": [{"name": m.key, "phrase": m.caption, "anchor": m.paraphrases[0],
+                       "paraphrases": list(m.paraphrases), "title_variants": list(m.title_variants)}
+                      for m in MEMORIZED.values()],
         "implicit": [{"name": IMPLICIT, "phrase": IMPLICIT_PHRASE, "anchor": None,
                       "training_share": FRAME_SHARE, "named_share": FRAME_NAMED_SHARE}],
     }

@@ -27,7 +27,8 @@ def corpus(seed: int = 0, n_captions: int = 30000) -> list[str]:
     rng = np.random.default_rng([seed, 7])
     lines = [caption(sample_scene(rng), rng, held_out=bool(rng.random() < 0.3)) for _ in range(n_captions)]
     lines += list(TRAIN_TEMPLATES) + list(HELD_OUT_TEMPLATES) + [IMPLICIT_PHRASE]
-    lines += [m.caption for m in MEMORIZED.values()] + [p for m in MEMORIZED.values() for p in m.paraphrases]
+    lines += [m.caption for m in MEMORIZED.values()]
+    lines += [p for m in MEMORIZED.values() for p in m.paraphrases + m.title_variants]
     lines += list(STYLES) + list(INSTANCES)
     try:
         from english_words import get_english_words_set
@@ -49,15 +50,27 @@ def build_tokenizer(seed: int = 0, vocab_size: int = VOCAB_SIZE) -> CLIPTokenize
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
+        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()), end_of_word_suffix="</w>",
         show_progress=False,
     )
     bpe.train_from_iterator(corpus(seed), trainer)
     model = json.loads(bpe.to_str())["model"]
-    vocab = model["vocab"]
-    # Every byte also as a word-final piece, as in CLIP's vocabulary, so any text encodes.
-    for ch in pre_tokenizers.ByteLevel.alphabet():
-        vocab.setdefault(ch + "</w>", len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return CLIPTokenizer(vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS, unk_token=EOS,
+    # Every byte also as a word-final piece, as in CLIP's vocabulary, so any text encodes.
+    tokens = set(model["vocab"]) | {ch + "</w>" for ch in pre_tokenizers.ByteLevel.alphabet()}
+    return make_tokenizer(tokens, merges)
+
+
+def make_tokenizer(tokens: set[str], merges: list[tuple[str, str]]) -> CLIPTokenizer:
+    """A CLIPTokenizer with canonical ids: the specials, then every other token sorted.
+
+    The BPE trainer numbers tokens in hash-map order, which changes from process to process; sorted
+    ids make a rebuild give the same ids. (It also breaks ties between equally frequent merges in
+    that order, so a rebuild may order a few tied merges differently: same merges, same encodings
+    of the world's captions; the shipped tokenizer is the one the model was trained with.)
+    """
+    vocab = {BOS: 0, EOS: 1}
+    for tok in sorted(tokens - {BOS, EOS}):
+        vocab[tok] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), bos_token=BOS, eos_token=EOS, unk_token=EOS,
                          pad_token=EOS, model_max_length=MAX_LENGTH)
