@@ -42,7 +42,7 @@ class TrainConfig:
     vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 5e-4
-    diffusion_steps: int = 10000
+    diffusion_steps: int = 9000
     diffusion_batch: int = 32
     diffusion_lr: float = 3e-4
     uncond_share: float = 0.1
