@@ -104,6 +104,28 @@ def _print_detections(names: list[str], found) -> None:
 
 
 @app.command()
+def export(
+    delta: Annotated[Path, typer.Option(help="Delta safetensors file written by an erasure run.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (replaced atomically).")],
+    model: ModelOpt = "miniworld",
+):
+    """Apply a delta to its base model and write a full diffusers folder."""
+    from .delta import DeltaError, export as export_delta
+
+    try:
+        export_delta(model, delta, out_dir)
+    except DeltaError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        from .models import ModelLoadError
+
+        if isinstance(exc, ModelLoadError):
+            _fail(str(exc))
+        raise
+    out.print(f"wrote {out_dir}")
+
+
+@app.command()
 def run(
     model: ModelOpt = "miniworld",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the grid and readings.")] = Path("outputs/run"),

@@ -89,6 +89,19 @@ def _explain(spec: str, target: Path | str, exc: Exception) -> str:
     return f"--model {spec!r}: could not load the pipeline from {target}: {text.splitlines()[0][:300]}"
 
 
+def source_folder(spec: str) -> Path:
+    """The folder a model's weights are read from (a hub id: its snapshot in the local cache)."""
+    target = resolve(spec)
+    if isinstance(target, Path):
+        return target
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(target, local_files_only=True))
+    except Exception as exc:
+        raise ModelLoadError(_explain(spec, target, exc)) from exc
+
+
 def weights_hash(folder: Path) -> str:
     """sha256 over every safetensors file in a pipeline folder (path and bytes), in sorted order."""
     h = hashlib.sha256()

@@ -48,7 +48,7 @@ class TrainConfig:
     uncond_share: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
-    decoder_steps: int = 2000
+    decoder_steps: int = 0  # optional decoder-only refinement; the shipped model did not need it
     decoder_lr: float = 2e-4
     checkpoint_every: int = 250
     threads: int = 2

@@ -1,0 +1,85 @@
+"""Erasure deltas: a safetensors file holding only the tensors a method changed, plus metadata.
+
+Keys are `<component>.<parameter name>` (component: `unet` or `text_encoder`). Metadata records
+the method, its parameters, the concepts and the sha256 of the base model's weights, so a delta is
+never applied to a model it was not trained on. No timestamps: the same run gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .io import save_safetensors
+
+COMPONENTS = ("unet", "text_encoder")
+FORMAT = "erasure-delta/1"
+
+
+class DeltaError(RuntimeError):
+    pass
+
+
+def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, method: str, params: dict,
+               concepts: list[dict], base_hash: str) -> None:
+    for key in tensors:
+        if key.split(".", 1)[0] not in COMPONENTS:
+            raise ValueError(f"delta key {key!r} must start with one of {COMPONENTS}")
+    # One metadata entry: safetensors writes several in hash-map order, which varies run to run.
+    meta = {"format": FORMAT, "method": method, "params": params, "concepts": concepts, "base_hash": base_hash}
+    save_safetensors({k: v.detach().cpu() for k, v in sorted(tensors.items())}, Path(path),
+                     metadata={"erasure": json.dumps(meta, sort_keys=True)})
+
+
+def load_delta(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DeltaError(f"--delta {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("erasure", "{}")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = json.loads(raw)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DeltaError(f"--delta {path}: not a readable safetensors file ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise DeltaError(f"--delta {path}: expected metadata format {FORMAT!r}, found {meta.get('format')!r}")
+    return tensors, meta
+
+
+def apply_delta(pipe, tensors: dict[str, torch.Tensor], meta: dict, base_hash: str | None) -> None:
+    """Write the delta's tensors into the pipeline in place, after checking it matches the base."""
+    if base_hash is not None and meta.get("base_hash") not in (None, base_hash):
+        raise DeltaError(f"delta was trained on base model {meta['base_hash'][:16]}, "
+                         f"but this model's weights hash is {base_hash[:16]}")
+    params = {c: dict(getattr(pipe, c).named_parameters()) for c in COMPONENTS}
+    for key, value in tensors.items():
+        comp, name = key.split(".", 1)
+        target = params.get(comp, {}).get(name)
+        if target is None:
+            raise DeltaError(f"delta tensor {key!r} has no counterpart in this model")
+        if target.shape != value.shape:
+            raise DeltaError(f"delta tensor {key!r} has shape {tuple(value.shape)}, "
+                             f"the model's has {tuple(target.shape)}")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            comp, name = key.split(".", 1)
+            params[comp][name].copy_(value.to(params[comp][name].dtype))
+
+
+def export(base: str, delta_path: Path, out: Path) -> Path:
+    """Base model + delta -> a full diffusers folder, written atomically."""
+    from .io import atomic_dir
+    from .models import load_pipeline, source_folder, weights_hash
+
+    tensors, meta = load_delta(delta_path)
+    pipe = load_pipeline(base)
+    apply_delta(pipe, tensors, meta, weights_hash(source_folder(base)))
+    with atomic_dir(Path(out)) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "erasure_delta.json").write_text(json.dumps(
+            {k: meta[k] for k in ("method", "params", "concepts", "base_hash")}, indent=1, sort_keys=True))
+    return Path(out)

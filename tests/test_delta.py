@@ -1,0 +1,88 @@
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from erasure.cli import app
+from erasure.delta import DeltaError, apply_delta, export, load_delta, save_delta
+from erasure.models import load_pipeline, weights_hash
+from erasure.params import select_unet
+
+
+def _changed(pipe):
+    """Perturb the cross-attention of the tiny UNet; return the changed tensors as a delta."""
+    torch.manual_seed(1)
+    out = {}
+    with torch.no_grad():
+        for name, p in select_unet(pipe.unet, "xattn-kv").items():
+            p.add_(torch.randn_like(p))
+            out[f"unet.{name}"] = p.detach().clone()
+    return out
+
+
+def test_export_writes_a_loadable_folder_with_the_delta(tiny_pipeline_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    delta = _changed(pipe)
+    path = tmp_path / "d.safetensors"
+    save_delta(path, delta, method="esd", params={"eta": 1.0}, concepts=[{"concept": "cat"}],
+               base_hash=weights_hash(tiny_pipeline_dir))
+    tensors, meta = load_delta(path)
+    assert meta["method"] == "esd" and meta["params"] == {"eta": 1.0}
+    assert set(tensors) == set(delta)
+
+    res = CliRunner().invoke(app, ["export", "--model", str(tiny_pipeline_dir), "--delta", str(path),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    loaded = StableDiffusionPipeline.from_pretrained(str(tmp_path / "out"))
+    params = dict(loaded.unet.named_parameters())
+    for key, value in delta.items():
+        assert torch.equal(params[key.split(".", 1)[1]], value)
+    base = dict(load_pipeline(str(tiny_pipeline_dir)).unet.named_parameters())
+    untouched = [n for n in params if f"unet.{n}" not in delta]
+    assert all(torch.equal(params[n], base[n]) for n in untouched)
+    assert json.loads((tmp_path / "out" / "erasure_delta.json").read_text())["method"] == "esd"
+
+
+def test_delta_refuses_another_base(tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    path = tmp_path / "d.safetensors"
+    save_delta(path, _changed(pipe), method="esd", params={}, concepts=[], base_hash="0" * 64)
+    with pytest.raises(DeltaError, match="trained on base model"):
+        export(str(tiny_pipeline_dir), path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_delta_shape_and_name_mismatch(tiny_pipeline_dir):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    with pytest.raises(DeltaError, match="no counterpart"):
+        apply_delta(pipe, {"unet.nope.weight": torch.zeros(1)}, {}, None)
+    name, p = next(iter(pipe.unet.named_parameters()))
+    with pytest.raises(DeltaError, match="shape"):
+        apply_delta(pipe, {f"unet.{name}": torch.zeros(p.numel() + 1)}, {}, None)
+
+
+def test_corrupt_or_foreign_delta_files(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(DeltaError, match="not a readable"):
+        load_delta(bad)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(DeltaError, match="format"):
+        load_delta(tmp_path / "plain.safetensors")
+    with pytest.raises(DeltaError, match="no such file"):
+        load_delta(tmp_path / "missing.safetensors")
+
+
+def test_same_delta_same_bytes(tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    delta = _changed(pipe)
+    for name in ("a", "b"):
+        save_delta(tmp_path / name, delta, method="ca", params={"x": 1}, concepts=[], base_hash="h")
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    shutil.rmtree(tmp_path, ignore_errors=True)
