@@ -1,0 +1,51 @@
+"""Partial DDIM trajectories, the x_t of ESD and All-but-One: sample from noise, stop after k steps.
+
+Run for a whole batch in lockstep: sample i stops after `stops[i]` of `num_steps` steps, and only
+samples still running are evaluated at each step. With the frozen model as the sampler (the newer
+ESD code's choice) the results do not depend on training, so they are computed once and reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DDIMScheduler
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor, uncond: torch.Tensor,
+                         stops: torch.Tensor, latent_shape: tuple[int, ...], guidance: float = 3.0,
+                         num_steps: int = 50, generator: torch.Generator | None = None,
+                         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t and t for each sample; cond is (n, seq, dim) or (1, seq, dim), uncond (1, seq, dim).
+
+    `eps(x, t, emb)` predicts noise for a batch at one timestep. Sample i runs classifier-free
+    guided DDIM for `stops[i]` steps (0 <= stops[i] < num_steps); t is the timestep it reached.
+    The starting noise is drawn from `generator` unless given as `noise`.
+    """
+    n = len(stops)
+    if int(stops.min()) < 0 or int(stops.max()) >= num_steps:
+        raise ValueError(f"stops must lie in [0, {num_steps}), got [{int(stops.min())}, {int(stops.max())}]")
+    sched = DDIMScheduler.from_config(scheduler_config)
+    sched.set_timesteps(num_steps)
+    cond = cond.expand(n, *cond.shape[1:]) if cond.shape[0] == 1 else cond
+    if noise is None:
+        noise = torch.randn((n, *latent_shape), generator=generator, dtype=cond.dtype)
+    x = noise.clone() * sched.init_noise_sigma
+    out_x = torch.empty_like(x)
+    out_t = torch.empty(n, dtype=torch.long)
+    for k, t in enumerate(sched.timesteps):
+        reached = stops == k
+        out_x[reached] = x[reached]
+        out_t[reached] = int(t)
+        active = stops > k
+        if not active.any():
+            break
+        xa = x[active]
+        emb = torch.cat([uncond.expand(len(xa), *uncond.shape[1:]), cond[active]])
+        e_u, e_c = eps(torch.cat([xa, xa]), t, emb).chunk(2)
+        x[active] = sched.step(e_u + guidance * (e_c - e_u), t, xa).prev_sample
+    return out_x, out_t
