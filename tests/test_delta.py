@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pytest
 import torch
@@ -85,4 +84,3 @@ def test_same_delta_same_bytes(tiny_pipeline_dir, tmp_path):
     for name in ("a", "b"):
         save_delta(tmp_path / name, delta, method="ca", params={"x": 1}, concepts=[], base_hash="h")
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
-    shutil.rmtree(tmp_path, ignore_errors=True)

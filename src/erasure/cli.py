@@ -33,12 +33,13 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _guard(fn, *args, **kwargs):
     """Run library code; turn its known failures into one clear message and exit code 2."""
+    from .delta import DeltaError
     from .detectors.miniworld import DetectorError
     from .models import ModelLoadError
 
     try:
         return fn(*args, **kwargs)
-    except (ModelLoadError, DetectorError, FileNotFoundError, ValueError) as exc:
+    except (ModelLoadError, DetectorError, DeltaError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
 
 
@@ -110,18 +111,9 @@ def export(
     model: ModelOpt = "miniworld",
 ):
     """Apply a delta to its base model and write a full diffusers folder."""
-    from .delta import DeltaError, export as export_delta
+    from .delta import export as export_delta
 
-    try:
-        export_delta(model, delta, out_dir)
-    except DeltaError as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        from .models import ModelLoadError
-
-        if isinstance(exc, ModelLoadError):
-            _fail(str(exc))
-        raise
+    _guard(export_delta, model, delta, out_dir)
     out.print(f"wrote {out_dir}")
 
 

@@ -193,8 +193,7 @@ def _diffusion_modules(cfg: TrainConfig, tokenizer):
     unet = build_unet()
     text = build_text_encoder(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                               tokenizer.eos_token_id)
-    both = torch.nn.ModuleDict({"unet": unet, "text_encoder": text})
-    return both
+    return torch.nn.ModuleDict({"unet": unet, "text_encoder": text})
 
 
 def train_diffusion(cfg: TrainConfig) -> None:
