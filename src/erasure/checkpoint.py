@@ -42,11 +42,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
+def _state(obj) -> dict[str, torch.Tensor]:
+    """A module's state dict, or a plain {name: tensor} mapping (e.g. only the trainable tensors)."""
+    return obj.state_dict() if isinstance(obj, torch.nn.Module) else dict(obj)
+
+
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer | None,
                     step: int, extra: dict | None = None) -> None:
     """Write `path/` (weights.safetensors, state.json) atomically: a crash leaves the old one intact."""
     tensors = {f"{name}.{k}": v.detach().contiguous().clone()
-               for name, mod in modules.items() for k, v in mod.state_dict().items()}
+               for name, mod in modules.items() for k, v in _state(mod).items()}
     meta: dict = {"step": step, "extra": extra or {}}
     if optimizer is not None:
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
@@ -57,7 +62,7 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: 
         (tmp / "state.json").write_text(json.dumps(meta))
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
                     optimizer: torch.optim.Optimizer | None) -> dict:
     """Restore modules (and optimizer) in place; return the saved state (step, extra)."""
     path = Path(path)
@@ -69,7 +74,14 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
     for name, mod in modules.items():
         prefix = f"{name}."
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = mod.load_state_dict(sd, strict=False)
+        if isinstance(mod, torch.nn.Module):
+            missing, unexpected = mod.load_state_dict(sd, strict=False)
+        else:  # a mapping of tensors: copy in place, names must match exactly
+            missing, unexpected = sorted(set(mod) - set(sd)), sorted(set(sd) - set(mod))
+            if not missing and not unexpected:
+                with torch.no_grad():
+                    for k, v in sd.items():
+                        mod[k].copy_(v)
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {path} does not match module {name!r}: "
                                   f"missing {missing[:3]}, unexpected {unexpected[:3]}")

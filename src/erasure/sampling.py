@@ -18,10 +18,7 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 5.0
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_STEPS,
-             guidance: float = DEFAULT_GUIDANCE, negative_prompt: str | None = None,
-             batch_size: int = 32, progress: bool = True, desc: str = "generating") -> np.ndarray:
-    """Return uint8 images (N, H, W, 3) for prompts[i] with seeds[i]."""
+def _run(pipe, prompts, seeds, steps, guidance, negative_prompt, batch_size, progress, desc, output_type):
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     out = []
@@ -31,11 +28,27 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_ST
             gens = [torch.Generator("cpu").manual_seed(int(x)) for x in sd]
             neg = [negative_prompt] * len(p) if negative_prompt else None
             with torch.no_grad():
-                imgs = pipe(prompt=p, negative_prompt=neg, num_inference_steps=steps,
-                            guidance_scale=guidance, generator=gens, output_type="np").images
-            out.append(np.clip(np.rint(imgs * 255), 0, 255).astype(np.uint8))
+                out.append(pipe(prompt=p, negative_prompt=neg, num_inference_steps=steps,
+                                guidance_scale=guidance, generator=gens, output_type=output_type).images)
             bar.update(len(p))
+    return out
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_STEPS,
+             guidance: float = DEFAULT_GUIDANCE, negative_prompt: str | None = None,
+             batch_size: int = 32, progress: bool = True, desc: str = "generating") -> np.ndarray:
+    """Return uint8 images (N, H, W, 3) for prompts[i] with seeds[i]."""
+    out = _run(pipe, prompts, seeds, steps, guidance, negative_prompt, batch_size, progress, desc, "np")
+    out = [np.clip(np.rint(imgs * 255), 0, 255).astype(np.uint8) for imgs in out]
     return np.concatenate(out) if out else np.empty((0, 0, 0, 3), dtype=np.uint8)
+
+
+def generate_latents(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_STEPS,
+                     guidance: float = DEFAULT_GUIDANCE, batch_size: int = 32, progress: bool = True,
+                     desc: str = "sampling latents") -> torch.Tensor:
+    """Final latents (scaled, as the UNet sees them) instead of decoded images: no VAE round trip."""
+    out = _run(pipe, prompts, seeds, steps, guidance, None, batch_size, progress, desc, "latent")
+    return torch.cat([o.float() for o in out])
 
 
 def grid(images: np.ndarray, cols: int | None = None, zoom: int = 1, pad: int = 1) -> Image.Image:

@@ -1,0 +1,70 @@
+"""What to erase: one concept, its kind, and the optional pieces a method may need.
+
+The blocklist (pipeline) and the `erasure erase` command both build these; the methods read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+KINDS = ("style", "object", "instance", "nudity", "memorized", "implicit")
+Kind = Literal["style", "object", "instance", "nudity", "memorized", "implicit"]
+
+
+class ConceptError(ValueError):
+    """A concept that cannot be erased as asked (names the field and what was expected)."""
+
+
+class Concept(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str
+    kind: Kind
+    anchor: str | None = None  # CA: the concept the target is mapped onto
+    alternative: str | None = None  # All-but-One: what prompts naming the target should show instead
+    erase_from: str | None = None  # ESD "erase from": a broader concept the trained model sees
+    reference_images: tuple[Path, ...] = ()  # memorized images
+    anchor_prompts: tuple[str, ...] = ()  # CA: prompts of the anchor concept (default: generated)
+    paraphrases: tuple[str, ...] = ()
+
+    @field_validator("text", "anchor", "alternative", "erase_from")
+    @classmethod
+    def _clean(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError("must be non-empty text")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Concept:
+        low = self.text.lower()
+        for field in ("anchor", "alternative", "erase_from"):
+            value = getattr(self, field)
+            if value is not None and value.lower() == low:
+                raise ValueError(f"{field} {value!r} equals the concept itself; expected a different concept")
+        return self
+
+    @property
+    def slug(self) -> str:
+        return "".join(ch if ch.isalnum() else "-" for ch in self.text.lower()).strip("-")[:60] or "concept"
+
+
+def check_encodable(tokenizer, text: str, field: str = "concept") -> list[int]:
+    """Token ids of `text` (without special tokens); raise if the tokenizer cannot encode it whole."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise ConceptError(f"{field} {text!r}: the tokenizer encodes it as no tokens at all")
+    unk = tokenizer.unk_token_id
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    if unk is not None and unk in ids or special & set(ids):
+        raise ConceptError(f"{field} {text!r}: the tokenizer maps part of it to an unknown/special token; "
+                           "expected text its vocabulary can spell")
+    room = tokenizer.model_max_length - 2
+    if len(ids) > room:
+        raise ConceptError(f"{field} {text!r}: {len(ids)} tokens, but prompts hold at most {room}")
+    return ids

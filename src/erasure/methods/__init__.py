@@ -1,0 +1,20 @@
+"""Erasure methods: small, comparable units over one trainer (see base.py for the contract)."""
+
+from __future__ import annotations
+
+from .ablation import ConceptAblation
+from .all_but_one import AllButOne
+from .base import Bench, Defaults, Method, Options, Pool
+from .esd import ESD
+from .loss_max import LossMax
+
+METHODS: dict[str, Method] = {m.name: m for m in (ESD(), ConceptAblation(), AllButOne(), LossMax())}
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"method {name!r} unknown; expected one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Bench", "Defaults", "Method", "Options", "Pool", "get"]

@@ -1,0 +1,107 @@
+"""Concept Ablation (Kumari et al. 2023): map the target concept onto an anchor concept.
+
+Anchor images come from the original model on anchor prompts; target prompts are made from the
+anchor prompts (prompts.py). x_t is an anchor image's latent noised to a uniform t.
+  - model-based (default): || eps_theta(x_t, c_prompt, t) - sg(eps(x_t, a_prompt, t)) ||^2, the target
+    from the frozen original (`target_from="frozen"`, the exact form, cached in the pool at no
+    memory cost) or from the model being trained under no-grad (`"same"`, the reference code);
+  - noise-based: the target is the added noise (denoising loss on <target prompt, anchor image>).
+Optional regularization: `regularization` x the denoising loss on <anchor prompt, anchor image>.
+Memorized images: anchor prompts are paraphrases, and anchor images that are near-copies of the
+reference image (copy similarity above `copy_threshold`) are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..concept import Concept, ConceptError
+from ..prompts import anchor_prompts, target_prompt
+from .base import Bench, Defaults, Options, Pool, mse, reference_images
+
+
+class CAOptions(Options):
+    loss: Literal["model", "noise"] = "model"
+    target_from: Literal["frozen", "same"] = "frozen"
+    regularization: float = 0.0
+    stop_sot: bool = True  # stop the gradient through the start token's key/value
+    anchor_images: int = 1000  # the reference code's default
+    anchor_steps: int = 25
+    anchor_guidance: float = 6.0
+    # Memorized: drop anchor images whose copy similarity to the reference exceeds this (None: the
+    # similarity measure's calibrated copy threshold).
+    copy_threshold: float | None = None
+
+
+class ConceptAblation:
+    name = "ca"
+    Options = CAOptions
+
+    def default_rule(self, kind: str) -> str:
+        return {"memorized": "full", "nudity": "attn", "implicit": "attn"}.get(kind, "xattn-kv")
+
+    def defaults(self, kind: str) -> Defaults:
+        # Base lr 2e-6 scaled by batch 4 (one device); memorized images and nudity train longer.
+        steps = 400 if kind in ("memorized", "nudity", "implicit") else 100
+        return Defaults(lr=8e-6, steps=steps, batch_size=4, weight_decay=1e-2)
+
+    def check(self, concept: Concept, options: CAOptions) -> None:
+        if concept.kind in ("instance", "object") and not concept.anchor and not concept.anchor_prompts:
+            raise ConceptError(f"concept {concept.text!r} ({concept.kind}): CA needs an anchor (e.g. its class)")
+        if concept.kind == "memorized" and not concept.reference_images:
+            raise ConceptError(f"concept {concept.text!r}: CA on a memorized image needs reference_images, to "
+                               "drop anchor images that copy it")
+
+    def needs_frozen(self, options: CAOptions) -> bool:
+        return False
+
+    def build_pool(self, bench: Bench, concept: Concept, options: CAOptions, size: int,
+                   gen: torch.Generator) -> Pool:
+        prompts = anchor_prompts(concept, options.anchor_images, bench.model_spec,
+                                 seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=gen).tolist()
+        z = bench.sample_latents(prompts, seeds, options.anchor_steps, options.anchor_guidance, desc="anchor images")
+        if concept.kind == "memorized":
+            keep = _not_copies(bench, concept, z, options.copy_threshold)
+            if not keep.any():
+                raise ConceptError(f"concept {concept.text!r}: every anchor image copies the memorized image; "
+                                   "expected paraphrases whose generations differ from it")
+            prompts, z = [p for p, k in zip(prompts, keep) if k], z[torch.as_tensor(keep)]
+        distinct = list(dict.fromkeys(prompts))
+        a_idx = torch.as_tensor([distinct.index(p) for p in prompts])
+        targets = [target_prompt(concept, p, i) for i, p in enumerate(distinct)]
+        t_distinct = list(dict.fromkeys(targets))
+        t_of_anchor = torch.as_tensor([t_distinct.index(t) for t in targets])
+        conds = {"a": bench.encode(distinct), "c": bench.encode(t_distinct)}
+        pick = torch.randint(0, len(z), (size,), generator=gen)
+        x, t, noise = bench.noised(z[pick], gen)
+        rows = {"x": x, "t": t, "noise": noise, "a_idx": a_idx[pick], "c_idx": t_of_anchor[a_idx[pick]]}
+        if options.loss == "model" and options.target_from == "frozen":
+            rows["target"] = bench.eps(x, t, conds["a"][rows["a_idx"]])
+        return Pool(rows, conds)
+
+    def loss(self, model, batch: dict[str, torch.Tensor], options: CAOptions, bench: Bench) -> torch.Tensor:
+        x, t = batch["x"], batch["t"]
+        if options.loss == "noise":
+            target = batch["noise"]
+        elif options.target_from == "frozen":
+            target = batch["target"]
+        else:
+            with torch.no_grad():
+                target = model(x, t, batch["a"]).detach()
+        loss = mse(model(x, t, batch["c"]), target)
+        if options.regularization:
+            loss = loss + options.regularization * mse(model(x, t, batch["a"]), batch["noise"])
+        return loss
+
+
+def _not_copies(bench: Bench, concept: Concept, latents: torch.Tensor, threshold: float | None) -> np.ndarray:
+    from ..detectors.miniworld import COPY_THRESHOLD, copy_similarity, to_input
+
+    images = to_input(bench.decode(latents))
+    refs = to_input(reference_images(concept, images.shape[-1]))
+    sim = torch.stack([copy_similarity(images, r[None]) for r in refs]).amax(0).numpy()
+    return sim < (COPY_THRESHOLD if threshold is None else threshold)

@@ -1,0 +1,201 @@
+"""What every erasure method shares: the bench it works on, its training pool, and its contract.
+
+A method is a small unit with four parts:
+  - `default_rule(kind)`: which parameters it trains (a rule of params.py);
+  - `defaults(kind)`: its reference learning rate, steps and batch size;
+  - `build_pool(bench, concept, options, size, gen)`: everything it needs from the frozen model,
+    computed once before training (x_t, t, targets, conditionings) -> a `Pool`;
+  - `loss(model, batch, options, bench)`: its objective on a batch of the pool.
+Because the pool is built while the model still equals the original (or, in sequential mode, the
+model the concept starts from), eps* never needs a second copy of the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..concept import Concept, ConceptError
+from ..editable import EditableModel
+from ..io import save_safetensors
+
+EVAL_CHUNK = 32  # samples per no-grad UNet call while building pools
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    lr: float
+    steps: int
+    batch_size: int
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Pool:
+    """Per-sample tensors (`rows`, first dim N) and conditioning tables (`conds`).
+
+    A row `<name>_idx` indexes the table `<name>`; `batch()` resolves it to `batch[<name>]`.
+    """
+
+    rows: dict[str, torch.Tensor]
+    conds: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.rows.values())))
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, value in self.rows.items():
+            out[key] = value[idx]
+            if key.endswith("_idx") and key[:-4] in self.conds:
+                out[key[:-4]] = self.conds[key[:-4]][value[idx]]
+        for key, table in self.conds.items():
+            if f"{key}_idx" not in self.rows:  # one conditioning for every sample
+                out[key] = table[:1].expand(len(idx), *table.shape[1:])
+        return out
+
+    def save(self, path: Path) -> None:
+        tensors = {f"rows.{k}": v for k, v in self.rows.items()} | {f"conds.{k}": v for k, v in self.conds.items()}
+        save_safetensors({k: v.contiguous().clone() for k, v in tensors.items()}, Path(path))  # no shared storage
+
+    @classmethod
+    def load(cls, path: Path) -> Pool:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        return cls({k[5:]: v for k, v in tensors.items() if k.startswith("rows.")},
+                   {k[6:]: v for k, v in tensors.items() if k.startswith("conds.")})
+
+
+@dataclass
+class Bench:
+    """The model being edited and what a method may ask of it (all no-grad, current weights)."""
+
+    pipe: object
+    model: EditableModel
+    model_spec: str = "miniworld"
+    _frozen: object = None
+
+    def snapshot_frozen(self) -> None:
+        """Keep originals of the trainable tensors, for methods that need eps* while training."""
+        from ..frozen import FrozenOriginal
+
+        self._frozen = FrozenOriginal(self.model, self.model.trainable())
+
+    def frozen(self):
+        if self._frozen is None:
+            raise RuntimeError("no frozen snapshot: the trainer takes one when a method needs_frozen()")
+        return self._frozen
+
+    @property
+    def scheduler_config(self) -> dict:
+        return dict(self.pipe.scheduler.config)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        unet = self.model.unet
+        size = unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        return (unet.config.in_channels, size, size)
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Conditioning for prompts: embeddings, or token ids when text-encoder rows are trained."""
+        tok = self.pipe.tokenizer
+        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        if self.model.text_trainable:
+            return ids
+        with torch.no_grad():
+            return self.model.text_encoder(ids)[0].detach()
+
+    @torch.no_grad()
+    def eps(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """Noise prediction of the current model, in chunks; cond of batch 1 is broadcast."""
+        t = torch.as_tensor(t).expand(len(x)) if torch.as_tensor(t).ndim == 0 else t
+        out = []
+        for s in range(0, len(x), EVAL_CHUNK):
+            xs, ts = x[s:s + EVAL_CHUNK], t[s:s + EVAL_CHUNK]
+            cs = cond.expand(len(xs), *cond.shape[1:]) if len(cond) == 1 else cond[s:s + EVAL_CHUNK]
+            out.append(self.model(xs, ts, cs).float())
+        return torch.cat(out)
+
+    def noised(self, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Forward-process samples: (x_t, t, noise) with t uniform over the training timesteps."""
+        t = torch.randint(0, self.num_train_timesteps, (len(latents),), generator=gen)
+        noise = torch.randn(latents.shape, generator=gen)
+        return self.pipe.scheduler.add_noise(latents, noise, t), t, noise
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+                       desc: str = "sampling") -> torch.Tensor:
+        from ..sampling import generate_latents
+
+        return generate_latents(self.pipe, prompts, seeds, steps=steps, guidance=guidance, desc=desc)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        images = []
+        for s in range(0, len(latents), EVAL_CHUNK):
+            img = vae.decode(latents[s:s + EVAL_CHUNK] / vae.config.scaling_factor).sample
+            images.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return np.concatenate(images)
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> latents (mean of the VAE posterior, scaled)."""
+        vae = self.pipe.vae
+        x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
+
+def reference_images(concept: Concept, size: int) -> np.ndarray:
+    """The memorized concept's reference images, resized to the model's image size."""
+    from PIL import Image
+
+    from ..sampling import load_images
+
+    if not concept.reference_images:
+        raise ConceptError(f"concept {concept.text!r}: this method needs reference_images (the memorized "
+                           "image files); none were given")
+    arrays = []
+    for f in concept.reference_images:
+        _, imgs = load_images([Path(f)])
+        for img in imgs:
+            arrays.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)))
+    return np.stack(arrays)
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(a.float(), b.float())
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]]
+
+    def default_rule(self, kind: str) -> str: ...
+
+    def defaults(self, kind: str) -> Defaults: ...
+
+    def check(self, concept: Concept, options: Options) -> None: ...
+
+    def needs_frozen(self, options: Options) -> bool: ...
+
+    def build_pool(self, bench: Bench, concept: Concept, options: Options, size: int,
+                   gen: torch.Generator) -> Pool: ...
+
+    def loss(self, model, batch: dict[str, torch.Tensor], options: Options, bench: Bench) -> torch.Tensor: ...

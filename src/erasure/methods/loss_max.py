@@ -1,0 +1,55 @@
+"""Baseline: loss maximization (CA paper). Maximize the ordinary denoising loss on target prompts.
+
+Shown in the paper to damage nearby concepts; a comparison baseline, not a recommended method.
+Images of the target come from the original model on target prompts (made from anchor prompts).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..concept import Concept
+from ..prompts import anchor_prompts, target_prompt
+from .base import Bench, Defaults, Options, Pool, mse
+
+
+class LossMaxOptions(Options):
+    images: int = 1000
+    image_steps: int = 25
+    image_guidance: float = 6.0
+
+
+class LossMax:
+    name = "loss-max"
+    Options = LossMaxOptions
+
+    def default_rule(self, kind: str) -> str:
+        return "xattn-kv"
+
+    def defaults(self, kind: str) -> Defaults:
+        return Defaults(lr=8e-6, steps=100, batch_size=4, weight_decay=1e-2)  # CA's, for a fair comparison
+
+    def check(self, concept: Concept, options: LossMaxOptions) -> None:
+        pass
+
+    def needs_frozen(self, options: LossMaxOptions) -> bool:
+        return False
+
+    def build_pool(self, bench: Bench, concept: Concept, options: LossMaxOptions, size: int,
+                   gen: torch.Generator) -> Pool:
+        if concept.kind == "memorized":
+            prompts = [concept.text] * options.images
+        else:
+            base = anchor_prompts(concept, options.images, bench.model_spec,
+                                  seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            prompts = [target_prompt(concept, p, i) for i, p in enumerate(base)]
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=gen).tolist()
+        z = bench.sample_latents(prompts, seeds, options.image_steps, options.image_guidance, desc="target images")
+        distinct = list(dict.fromkeys(prompts))
+        c_idx = torch.as_tensor([distinct.index(p) for p in prompts])
+        pick = torch.randint(0, len(z), (size,), generator=gen)
+        x, t, noise = bench.noised(z[pick], gen)
+        return Pool({"x": x, "t": t, "noise": noise, "c_idx": c_idx[pick]}, {"c": bench.encode(distinct)})
+
+    def loss(self, model, batch: dict[str, torch.Tensor], options: LossMaxOptions, bench: Bench) -> torch.Tensor:
+        return -mse(model(batch["x"], batch["t"], batch["c"]), batch["noise"])

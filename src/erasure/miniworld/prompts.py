@@ -1,0 +1,34 @@
+"""Anchor prompts drawn from the miniworld's own captions (training templates)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..concept import Concept
+from .concepts import OBJECTS
+from .world import caption, sample_scene, scene_rng
+
+
+def anchor_prompts(concept: Concept, n: int, seed: int = 0) -> list[str]:
+    """Ordinary captions without the concept: no style named, no frame named, no instance.
+
+    For an instance or object the anchor object is forced and the colour left out, so that the
+    target prompt ("a picture of Pip") differs from the anchor prompt only in the name.
+    """
+    force: dict = {"style": "", "frame": False}
+    name_color = None
+    if concept.kind in ("instance", "object") and concept.anchor in OBJECTS:
+        force["object"] = concept.anchor
+        name_color = False
+    rng = np.random.default_rng([seed, 7])
+    out, i = [], 0
+    while len(out) < n:
+        scene = sample_scene(scene_rng(seed + 9_000_000, i))
+        i += 1
+        if scene.memorized or scene.instance:
+            continue
+        scene = dataclasses.replace(scene, **force)
+        out.append(caption(scene, rng, held_out=False, name_frame=False, name_color=name_color))
+    return out

@@ -1,0 +1,64 @@
+"""Prompt sets a method trains on: anchor prompts and the target prompts made from them (CA).
+
+For the miniworld, anchor prompts are captions of its own world (training templates; evaluation
+uses held-out ones). For any other model they come from a small generic list of subjects, unless
+the concept brings its own `anchor_prompts`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .concept import Concept, ConceptError
+
+GENERIC_SUBJECTS = (
+    "a house by a lake", "a city street at night", "a portrait of a woman", "a bowl of fruit",
+    "a mountain landscape", "a dog in a park", "a ship at sea", "a forest in autumn",
+    "an old man reading", "a field of flowers", "a bridge over a river", "a cat on a sofa",
+)
+GENERIC_TEMPLATES = ("a photo of {s}", "a painting of {s}", "a picture of {s}", "an illustration of {s}")
+
+
+def anchor_prompts(concept: Concept, n: int, model_spec: str, seed: int = 0) -> list[str]:
+    """n prompts of the anchor concept (cycled when fewer distinct ones exist)."""
+    if concept.anchor_prompts:
+        base = list(concept.anchor_prompts)
+    elif concept.kind == "memorized":
+        base = list(concept.paraphrases) or ([concept.anchor] if concept.anchor else [])
+        if not base:
+            raise ConceptError(f"concept {concept.text!r}: a memorized image needs paraphrases or anchor_prompts "
+                               "(descriptions of its content that do not reproduce it)")
+    elif concept.kind in ("instance", "object") and not concept.anchor:
+        raise ConceptError(f"concept {concept.text!r} ({concept.kind}): needs an anchor (e.g. its class: "
+                           "'Grumpy Cat' -> 'cat')")
+    elif model_spec == "miniworld":
+        from .miniworld.prompts import anchor_prompts as world_prompts
+
+        return world_prompts(concept, n, seed)
+    else:
+        subject = concept.anchor if concept.kind in ("instance", "object") else None
+        base = [t.format(s=_with_article(subject) if subject else s)
+                for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]
+        if subject:
+            base = list(dict.fromkeys(base))
+    return [base[i % len(base)] for i in range(n)]
+
+
+def target_prompt(concept: Concept, anchor_prompt: str, i: int = 0) -> str:
+    """The prompt naming the target, made from an anchor prompt (CA's recipe per kind)."""
+    c = concept.text
+    if concept.kind == "style":
+        return f"{anchor_prompt}, in the style of {c}" if i % 2 == 0 else f"in {c}'s style, {anchor_prompt}"
+    if concept.kind in ("instance", "object"):
+        a = re.escape(concept.anchor or "")
+        out, hits = re.subn(rf"\b(?:an?|the)\s+{a}\b", c, anchor_prompt, flags=re.IGNORECASE)
+        if not hits:
+            out, hits = re.subn(rf"\b{a}\b", c, anchor_prompt, flags=re.IGNORECASE)
+        return out if hits else f"{anchor_prompt}, {c}"
+    if concept.kind == "memorized":
+        return c
+    return f"{anchor_prompt} {c}" if c.lower().startswith("with ") else f"{anchor_prompt}, {c}"
+
+
+def _with_article(word: str) -> str:
+    return word if word.lower().startswith(("a ", "an ", "the ")) else f"{'an' if word[0] in 'aeiou' else 'a'} {word}"

@@ -1,0 +1,357 @@
+"""The one training loop every erasure method runs on: Accelerate (DeepSpeed ZeRO 1-3), checkpoints, deltas.
+
+    jobs = plan(concepts, settings)             # method, rule, options, steps, lr per concept
+    result = erase(pipe, jobs, settings, workdir, out="delta.safetensors")
+
+Multi-concept: `joint` trains all concepts at once (each step draws one concept); `sequential`
+erases one after another, each starting from the last, and calls `on_phase_end` after each (to
+record how every earlier concept holds up). Each phase first builds its methods' pools with the
+model as it then is (the frozen reference), then trains. Everything random is drawn from
+generators seeded by (seed, phase, step), and a checkpoint holds only the trainable tensors and
+the optimizer state, so a resumed run ends in the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from tqdm.auto import tqdm
+
+from . import methods as method_registry
+from .checkpoint import load_checkpoint, save_checkpoint
+from .concept import Concept, ConceptError, check_encodable
+from .delta import save_delta
+from .editable import EditableModel
+from .io import atomic_file
+from .methods.base import Bench, Options, Pool
+from .params import RULES, UNET_RULES, select_unet
+
+MAX_POOL = 512  # pool samples per concept by default (steps x batch when smaller)
+
+
+class EraseSettings(BaseModel):
+    """Every knob of an erasure run (params.yaml's `erase` section maps onto this)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "esd"
+    rule: str | None = None  # None: the method's default for the concept's kind
+    options: dict = {}  # the method's own options (see methods/<method>.py)
+    steps: int | None = None  # per concept; None: the method's reference default
+    lr: float | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None
+    mode: Literal["joint", "sequential"] = "joint"
+    pool_size: int | None = None  # None: min(steps x batch, MAX_POOL)
+    seed: int = 0
+    grad_clip: float = 1.0
+    mixed_precision: Literal["no", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 50
+    zero_stage: Literal[0, 1, 2, 3] = 0
+
+
+@dataclass
+class Job:
+    concept: Concept
+    method: str
+    rule: str
+    options: Options
+    steps: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    pool_size: int
+
+    def describe(self) -> dict:
+        return {"concept": self.concept.model_dump(mode="json"), "method": self.method, "rule": self.rule,
+                "options": self.options.model_dump(), "steps": self.steps, "lr": self.lr,
+                "batch_size": self.batch_size, "weight_decay": self.weight_decay, "pool_size": self.pool_size}
+
+
+@dataclass
+class EraseResult:
+    delta: Path | None
+    jobs: list[Job]
+    history: list[dict] = field(default_factory=list)  # sequential: one record per finished phase
+    losses: list[float] = field(default_factory=list)
+    seconds_pool: float = 0.0
+    seconds_train: float = 0.0
+    steps_run: int = 0
+    peak_rss_mb: float = 0.0
+    trainable_params: int = 0
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds_train / max(self.steps_run, 1)
+
+
+def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | None] | None = None) -> list[Job]:
+    """Resolve each concept's method, rule, options and schedule; reject impossible combinations."""
+    if not concepts:
+        raise ConceptError("no concepts to erase")
+    seen = set()
+    for c in concepts:
+        if c.text.lower() in seen:
+            raise ConceptError(f"concept {c.text!r} is listed twice")
+        seen.add(c.text.lower())
+    jobs = []
+    for i, concept in enumerate(concepts):
+        name = (methods[i] if methods else None) or settings.method
+        method = method_registry.get(name)
+        try:
+            options = method.Options(**settings.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"options for method {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        method.check(concept, options)
+        rule = settings.rule or method.default_rule(concept.kind)
+        if rule not in RULES:
+            raise ValueError(f"rule {rule!r} unknown; expected one of {', '.join(RULES)}")
+        d = method.defaults(concept.kind)
+        steps, batch = settings.steps or d.steps, settings.batch_size or d.batch_size
+        jobs.append(Job(concept, name, rule, options, steps, settings.lr or d.lr, batch,
+                        d.weight_decay if settings.weight_decay is None else settings.weight_decay,
+                        settings.pool_size or min(steps * batch, MAX_POOL)))
+    if settings.mode == "joint":
+        keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs}
+        if len(keys) > 1:
+            raise ValueError("joint mode trains every concept with one optimizer: lr, batch size and weight decay "
+                             f"must agree across concepts (got {sorted(keys)}); set them in the settings")
+    return jobs
+
+
+def check_prompts(tokenizer, jobs: list[Job]) -> None:
+    """Every text a method will condition on must be encodable whole by this model's tokenizer."""
+    for j in jobs:
+        c = j.concept
+        check_encodable(tokenizer, c.text, "concept")
+        for name in ("anchor", "alternative", "erase_from"):
+            if getattr(c, name):
+                check_encodable(tokenizer, getattr(c, name), name)
+
+
+def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Path | None = None, *,
+          model_spec: str = "miniworld", base_hash: str | None = None,
+          on_phase_end: Callable[[int, list[Job]], dict] | None = None, progress: bool = True,
+          stop_after: int | None = None) -> EraseResult:
+    """Train the erasure; write the delta to `out` (atomically). `stop_after` ends early (tests)."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ValueError("erasure training supports pipelines with one text encoder (SD 1.x / 2.x); "
+                         "SDXL's second encoder and added conditioning are not supported yet")
+    check_prompts(pipe.tokenizer, jobs)
+    workdir = Path(workdir)
+    accelerator = _accelerator(settings)
+    rules = sorted({j.rule for j in jobs})
+    token_ids = sorted({i for j in jobs if j.rule == "embedding"
+                        for i in check_encodable(pipe.tokenizer, j.concept.text)})
+    model = EditableModel(pipe.unet, pipe.text_encoder, rules, token_ids)
+    if any(getattr(j.options, "stop_sot", False) for j in jobs):
+        model.stop_gradient_first_token()
+    if settings.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    bench = Bench(pipe, model, model_spec)
+    trainable = model.trainable()
+    names_by_rule = {r: _names(model, r) for r in rules}
+    result = EraseResult(None, jobs, trainable_params=sum(p.numel() for p in trainable.values()))
+
+    _claim_workdir(workdir, jobs, settings, base_hash, accelerator)
+    phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
+    j0 = phases[0][0]
+    optimizer = torch.optim.AdamW(trainable.values(), lr=j0.lr, weight_decay=j0.weight_decay)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    ckpt = workdir / "checkpoint"
+    state = {"phase": 0, "step": 0, "history": [], "losses": []}
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, {"model": trainable}, None)["extra"]
+    rank, world = accelerator.process_index, accelerator.num_processes
+    budget = stop_after
+    for k, phase in enumerate(phases):
+        if k < state["phase"]:
+            continue
+        resuming = k == state["phase"] and state["step"] > 0
+        start = workdir / "phases" / str(k) / "start.safetensors"
+        if any(method_registry.get(j.method).needs_frozen(j.options) for j in phase):
+            if resuming:  # eps* is the model as this phase found it, not as the checkpoint left it
+                _copy_into(trainable, _load_tensors(start))
+            else:
+                _save_main(accelerator, lambda p: _save_tensors(trainable, p), start)
+            bench.snapshot_frozen()
+        t0 = time.time()
+        pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
+                       (settings.seed, k, i), accelerator) for i, j in enumerate(phase)]
+        result.seconds_pool += time.time() - t0
+        if resuming:
+            load_checkpoint(ckpt, {"model": trainable}, optimizer)
+        else:
+            _reset_optimizer(optimizer, phase[0])
+        model.set_trainable(set().union(*(names_by_rule[j.rule] for j in phase)))
+        total = sum(j.steps for j in phase)
+        t0 = time.time()
+        bar = tqdm(range(state["step"] if resuming else 0, total), desc=f"erasing {_label(phase)}",
+                   disable=not progress or not accelerator.is_local_main_process, unit="step")
+        for step in bar:
+            gen = torch.Generator().manual_seed(_seed(settings.seed, k, step))
+            i = int(torch.randint(0, len(phase), (1,), generator=gen)) if len(phase) > 1 else 0
+            job = phase[i]
+            idx = torch.randint(0, len(pools[i]), (job.batch_size,), generator=gen)[rank::world]
+            loss = method_registry.get(job.method).loss(wrapped, pools[i].batch(idx), job.options, bench)
+            accelerator.backward(loss)
+            if settings.grad_clip and settings.zero_stage == 0:
+                accelerator.clip_grad_norm_(list(trainable.values()), settings.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["losses"].append(round(float(loss.detach()), 6))
+            bar.set_postfix(loss=f"{state['losses'][-1]:.4g}", concept=job.concept.text[:24])
+            result.steps_run += 1
+            state["phase"], state["step"] = k, step + 1
+            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < total:
+                _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
+            if budget is not None:
+                budget -= 1
+                if budget == 0:
+                    _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
+                    result.seconds_train += time.time() - t0
+                    return _finish(result, state)
+        bar.close()
+        result.seconds_train += time.time() - t0
+        if on_phase_end is not None:
+            state["history"].append({"phase": k, "concepts": [j.concept.text for j in phase],
+                                     **on_phase_end(k, [j for p in phases[:k + 1] for j in p])})
+        state["phase"], state["step"] = k + 1, 0
+        _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
+    if out is not None:
+        tensors = model.delta_tensors()
+        meta_method = ",".join(dict.fromkeys(j.method for j in jobs))
+        _save_main(accelerator, lambda p: save_delta(p, tensors, method=meta_method,
+                                                      params={"settings": settings.model_dump(),
+                                                              "jobs": [j.describe() for j in jobs]},
+                                                      concepts=[j.concept.model_dump(mode="json") for j in jobs],
+                                                      base_hash=base_hash or ""), Path(out))
+        result.delta = Path(out)
+    return _finish(result, state)
+
+
+def _finish(result: EraseResult, state: dict) -> EraseResult:
+    result.history, result.losses = state["history"], state["losses"]
+    result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _label(phase: list[Job]) -> str:
+    return phase[0].concept.text if len(phase) == 1 else f"{len(phase)} concepts jointly"
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def _names(model: EditableModel, rule: str) -> set[str]:
+    if rule in UNET_RULES:
+        return {f"unet.{n}" for n in select_unet(model.unet, rule)}
+    return {n for n, _ in model.named_parameters() if n.endswith("token_embedding.rows")}
+
+
+def _pool(bench: Bench, job: Job, path: Path, seed_parts: tuple, accelerator) -> Pool:
+    """Load the phase's pool for this job, or build it with the model as it is now and save it."""
+    if path.exists():
+        return Pool.load(path)
+    gen = torch.Generator().manual_seed(_seed(*seed_parts))
+    pool = method_registry.get(job.method).build_pool(bench, job.concept, job.options, job.pool_size, gen)
+    _save_main(accelerator, pool.save, path)
+    return pool
+
+
+def _reset_optimizer(optimizer, job: Job) -> None:
+    """Each sequential phase is a fresh fine-tune: no Adam moments carried over, its own lr."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if hasattr(inner, "state") and isinstance(inner.state, dict):
+        inner.state.clear()
+    for group in inner.param_groups:
+        group["lr"], group["weight_decay"] = job.lr, job.weight_decay
+
+
+def _checkpoint(accelerator, path: Path, trainable, optimizer, state: dict, settings: EraseSettings) -> None:
+    # Under ZeRO the optimizer state is partitioned across ranks: checkpoints keep weights only.
+    opt = optimizer if settings.zero_stage == 0 else None
+    _save_main(accelerator, lambda p: save_checkpoint(p, {"model": trainable}, opt, state["step"], extra=state), path)
+
+
+def _save_main(accelerator, write: Callable[[Path], None], path: Path) -> None:
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    accelerator.wait_for_everyone()
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from .io import save_safetensors
+
+    save_safetensors({k: v.detach().contiguous().clone() for k, v in tensors.items()}, path)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _copy_into(params: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in values.items():
+            params[k].copy_(v)
+
+
+def _claim_workdir(workdir: Path, jobs: list[Job], settings: EraseSettings, base_hash: str | None,
+                   accelerator) -> None:
+    """A workdir belongs to one run: resuming with different settings would mix two runs."""
+    spec = json.dumps({"jobs": [j.describe() for j in jobs], "settings": settings.model_dump(mode="json"),
+                       "base_hash": base_hash}, sort_keys=True)
+    marker = workdir / "run.json"
+    if marker.exists():
+        if json.loads(marker.read_text()) != json.loads(spec):
+            raise ValueError(f"--workdir {workdir} holds a run with other settings; use another workdir "
+                             "or delete it to start over")
+        return
+    if accelerator.is_main_process:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(marker) as fh:
+            fh.write(spec)
+    accelerator.wait_for_everyone()
+
+
+def _accelerator(settings: EraseSettings):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    cpu = not torch.cuda.is_available()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not distributed:  # several runs in one process (tests, benchmarks): start from a clean state
+        AcceleratorState._reset_state(reset_partial_state=True)
+    handlers = []
+    if distributed:
+        if cpu:
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    plugin = None
+    if settings.zero_stage:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        batch = max((settings.batch_size or 1) // world, 1)
+        plugin = DeepSpeedPlugin(hf_ds_config={
+            "train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
+            "gradient_clipping": settings.grad_clip, "zero_optimization": {"stage": settings.zero_stage},
+            "bf16": {"enabled": settings.mixed_precision == "bf16"}, "zero_allow_untested_optimizer": True,
+        })
+    return Accelerator(cpu=cpu, mixed_precision=settings.mixed_precision, deepspeed_plugin=plugin,
+                       kwargs_handlers=handlers)
