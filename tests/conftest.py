@@ -44,3 +44,12 @@ def build_tiny_pipeline(path):
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; two threads crawl when another process holds a core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

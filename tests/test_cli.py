@@ -10,7 +10,7 @@ from erasure.miniworld.world import make_dataset
 
 runner = CliRunner()
 
-COMMANDS = [[], ["generate"], ["detect"], ["run"], ["miniworld"], ["miniworld", "concepts"],
+COMMANDS = [[], ["generate"], ["detect"], ["erase"], ["export"], ["run"], ["miniworld"], ["miniworld", "concepts"],
             ["miniworld", "path"], ["miniworld", "render"], ["miniworld", "train"],
             ["miniworld", "train-detector"]]
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .concept import KINDS
 
 # Offline by default: this tool never needs the network to run on a local or shipped model.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,14 +37,41 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _guard(fn, *args, **kwargs):
     """Run library code; turn its known failures into one clear message and exit code 2."""
+    from pydantic import ValidationError
+
+    from .checkpoint import CheckpointError
     from .delta import DeltaError
     from .detectors.miniworld import DetectorError
     from .models import ModelLoadError
 
     try:
         return fn(*args, **kwargs)
-    except (ModelLoadError, DetectorError, DeltaError, FileNotFoundError, ValueError) as exc:
+    except ValidationError as exc:  # a ValueError too, but its text spans lines and names no option
+        _fail(_explain_validation(exc))
+    except (ModelLoadError, DetectorError, DeltaError, CheckpointError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+
+
+# Model fields whose command-line option is not simply `--<field>`.
+_FLAGS = {"text": "--concept", "reference_images": "--reference-image", "options": "--option"}
+
+
+def _explain_validation(exc, named: str | None = None) -> str:
+    """A pydantic ValidationError as one line naming the option of each offending field.
+
+    `named`: a field the caller's message already names (its option is not repeated).
+    """
+    parts = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["loc"] and e["loc"] != (named,):
+            field = str(e["loc"][0])
+            flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
+            rest = ".".join(map(str, e["loc"][1:]))
+            parts.append(f"{flag}{' ' + rest if rest else ''}: {msg}")
+        else:
+            parts.append(msg)
+    return "; ".join(parts)
 
 
 @app.command()
@@ -115,6 +146,107 @@ def export(
 
     _guard(export_delta, model, delta, out_dir)
     out.print(f"wrote {out_dir}")
+
+
+_Kind = Enum("_Kind", {k: k for k in KINDS}, type=str)  # erasure.concept's kinds, as a command-line choice
+_Mode = Enum("_Mode", {m: m for m in ("joint", "sequential")}, type=str)
+
+
+@app.command()
+def erase(
+    concepts: Annotated[list[str], typer.Option("--concept", "-c", help="Concept to erase; repeat for several.")],
+    kind: Annotated[_Kind, typer.Option(help="What kind of concept (applies to every --concept).")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Delta file to write (.safetensors).")],
+    model: ModelOpt = "miniworld",
+    method: Annotated[str, typer.Option(help="esd, ca, abo or loss-max.")] = "esd",
+    anchor: Annotated[Optional[str], typer.Option(help="CA: the concept the target is mapped onto.")] = None,
+    alternative: Annotated[Optional[str], typer.Option(
+        help="All-but-One: what prompts naming the target show instead.")] = None,
+    erase_from: Annotated[Optional[str], typer.Option(help="ESD: a broader concept the trained model sees.")] = None,
+    reference_images: Annotated[Optional[list[Path]], typer.Option(
+        "--reference-image", exists=True, help="Memorized image file or folder; repeatable.")] = None,
+    rule: Annotated[Optional[str], typer.Option(
+        help="Parameters to train: xattn-kv, xattn, attn, noxattn, noxattn-linear, full or embedding "
+             "(default: the method's for the kind).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Steps per concept (default: the method's).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the method's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size (default: the method's).")] = None,
+    options: Annotated[Optional[list[str]], typer.Option(
+        "--option", help="Method option key=value (value read as JSON when it parses); repeatable.")] = None,
+    mode: Annotated[_Mode, typer.Option(help="Several concepts: all at once, or one after another.")] = _Mode("joint"),
+    seed: Annotated[int, typer.Option(help="Seeds every random draw: same seed and settings, same delta.")] = 0,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Pools and checkpoints; a rerun resumes from here (default: <out>.work).")] = None,
+):
+    """Fine-tune the model so that it stops generating the concept(s); write the change as a delta file.
+
+    --anchor, --alternative, --erase-from and --reference-image apply to every --concept. A rerun with
+    the same settings resumes from the last checkpoint in --workdir.
+    """
+    if lr is not None and not lr > 0:
+        _fail(f"--lr {lr}: expected a positive learning rate")
+    if out_path.is_dir():
+        _fail(f"--out {out_path} is a folder; expected the path of the delta file to write")
+    method_options = _parse_options(options or [])
+    built = _guard(_build_concepts, concepts, kind.value, anchor, alternative, erase_from, reference_images or [])
+
+    from .models import MINIWORLD, MINIWORLD_PATH, load_pipeline, source_folder, weights_hash
+    from .trainer import EraseSettings, erase as run_erase, plan
+
+    settings = _guard(EraseSettings, method=method, rule=rule, options=method_options, steps=steps, lr=lr,
+                      batch_size=batch_size, mode=mode.value, seed=seed)
+    jobs = _guard(plan, built, settings)
+    folder = _guard(source_folder, model)
+    spec = MINIWORLD if folder.resolve() == MINIWORLD_PATH.resolve() else model
+    pipe = _guard(load_pipeline, model)
+    base_hash = weights_hash(folder)
+    workdir = workdir or Path(f"{out_path}.work")
+    fresh = not workdir.exists()
+    try:
+        result = _guard(run_erase, pipe, jobs, settings, workdir, out_path, model_spec=spec, base_hash=base_hash)
+    except typer.Exit:
+        # Some combinations fail only while the pools are built. A workdir this call created and left
+        # without a checkpoint holds nothing to resume, but would refuse the corrected command's run.
+        if fresh and not (workdir / "checkpoint").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    total = sum(j.steps for j in jobs)
+    ran = f" ({result.steps_run} this run)" if result.steps_run != total else ""
+    last = f", last loss {result.losses[-1]:.4g}" if result.losses else ""
+    out.print(f"wrote {result.delta}", highlight=False, soft_wrap=True)
+    out.print(f"{', '.join(dict.fromkeys(j.method for j in jobs))}, rule "
+              f"{', '.join(dict.fromkeys(j.rule for j in jobs))}: {total} steps{ran}, "
+              f"{result.seconds_per_step:.3f} s/step (pools {result.seconds_pool:.1f} s), "
+              f"{result.trainable_params:,} trainable parameters{last}", highlight=False, soft_wrap=True)
+
+
+def _parse_options(items: list[str]) -> dict:
+    """`key=value` pairs -> dict; a value is JSON when it parses as JSON, else the plain string."""
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--option {item!r}: expected key=value (e.g. --option eta=2.0)")
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+def _build_concepts(texts: list[str], kind: str, anchor, alternative, erase_from, reference_images) -> list:
+    from pydantic import ValidationError
+
+    from .concept import Concept, ConceptError
+
+    built = []
+    for text in texts:
+        try:
+            built.append(Concept(text=text, kind=kind, anchor=anchor, alternative=alternative,
+                                 erase_from=erase_from, reference_images=tuple(reference_images)))
+        except ValidationError as exc:
+            raise ConceptError(f"--concept {text!r}: {_explain_validation(exc, named='text')}") from None
+    return built
 
 
 @app.command()

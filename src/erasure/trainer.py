@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -150,7 +151,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                          "SDXL's second encoder and added conditioning are not supported yet")
     check_prompts(pipe.tokenizer, jobs)
     workdir = Path(workdir)
-    accelerator = _accelerator(settings)
+    accelerator = _accelerator(settings, max(j.batch_size for j in jobs))
     rules = sorted({j.rule for j in jobs})
     token_ids = sorted({i for j in jobs if j.rule == "embedding"
                         for i in check_encodable(pipe.tokenizer, j.concept.text)})
@@ -231,7 +232,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         state["phase"], state["step"] = k + 1, 0
         _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
     if out is not None:
-        tensors = model.delta_tensors()
+        with _gathered([*trainable.values(), *([model.patched.base.weight] if model.patched is not None else [])]):
+            tensors = model.delta_tensors()  # copies, taken while ZeRO-3's partitions are gathered
         meta_method = ",".join(dict.fromkeys(j.method for j in jobs))
         _save_main(accelerator, lambda p: save_delta(p, tensors, method=meta_method,
                                                       params={"settings": settings.model_dump(),
@@ -284,14 +286,32 @@ def _reset_optimizer(optimizer, job: Job) -> None:
 def _checkpoint(accelerator, path: Path, trainable, optimizer, state: dict, settings: EraseSettings) -> None:
     # Under ZeRO the optimizer state is partitioned across ranks: checkpoints keep weights only.
     opt = optimizer if settings.zero_stage == 0 else None
-    _save_main(accelerator, lambda p: save_checkpoint(p, {"model": trainable}, opt, state["step"], extra=state), path)
+    _save_main(accelerator, lambda p: save_checkpoint(p, {"model": trainable}, opt, state["step"], extra=state), path,
+               gather=trainable.values())
 
 
-def _save_main(accelerator, write: Callable[[Path], None], path: Path) -> None:
-    if accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(path)
-    accelerator.wait_for_everyone()
+def _save_main(accelerator, write: Callable[[Path], None], path: Path, gather=()) -> None:
+    """`write(path)` on the main process only; every process waits. `gather`: parameters `write` reads
+    (ZeRO-3 splits them across ranks: every rank takes part in gathering them whole first)."""
+    with _gathered(gather):
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+        accelerator.wait_for_everyone()
+
+
+@contextmanager
+def _gathered(params):
+    """Within: the full values of `params` on every rank, also under ZeRO-3 (read-only: changes are lost).
+    Collective under ZeRO-3: every rank must enter with the same parameters. A no-op otherwise."""
+    params = [p for p in params if hasattr(p, "ds_id")]  # ZeRO-3 marks the parameters it partitions
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        yield
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -330,28 +350,56 @@ def _claim_workdir(workdir: Path, jobs: list[Job], settings: EraseSettings, base
     accelerator.wait_for_everyone()
 
 
-def _accelerator(settings: EraseSettings):
+def _accelerator(settings: EraseSettings, batch_size: int | None = None):
+    """The run's Accelerator. `batch_size`: the global batch of a step (the loop gives each rank
+    `idx[rank::world]` of it), for DeepSpeed's per-rank micro batch."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
+    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
 
     cpu = not torch.cuda.is_available()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
     if not distributed:  # several runs in one process (tests, benchmarks): start from a clean state
         AcceleratorState._reset_state(reset_partial_state=True)
-    handlers = []
-    if distributed:
-        if cpu:
-            handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    plugin = None
-    if settings.zero_stage:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        batch = max((settings.batch_size or 1) // world, 1)
-        plugin = DeepSpeedPlugin(hf_ds_config={
-            "train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
-            "gradient_clipping": settings.grad_clip, "zero_optimization": {"stage": settings.zero_stage},
-            "bf16": {"enabled": settings.mixed_precision == "bf16"}, "zero_allow_untested_optimizer": True,
-        })
-    return Accelerator(cpu=cpu, mixed_precision=settings.mixed_precision, deepspeed_plugin=plugin,
-                       kwargs_handlers=handlers)
+    if not settings.zero_stage:  # an earlier DeepSpeed run in this process left this set: it would switch DeepSpeed on
+        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+        handlers = []
+        if distributed:
+            if cpu:
+                handlers.append(InitProcessGroupKwargs(backend="gloo"))
+            handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+        return Accelerator(cpu=cpu, mixed_precision=settings.mixed_precision, kwargs_handlers=handlers)
+    # DeepSpeed without CUDA runs on its CPU accelerator. Accelerate silently drops the DeepSpeed plugin
+    # when told to use the CPU (cpu=True or ACCELERATE_USE_CPU=true, which two-process CPU launches
+    # need): neither may reach it. Without a backend named (gloo) it counts one process, whatever the world.
+    per_rank = -(-(batch_size or settings.batch_size or 1) // world)  # rank 0 gets the most: ceil(B / world)
+    plugin = DeepSpeedPlugin(hf_ds_config={
+        "train_micro_batch_size_per_gpu": per_rank, "gradient_accumulation_steps": 1,
+        "gradient_clipping": settings.grad_clip, "zero_optimization": {"stage": settings.zero_stage},
+        "bf16": {"enabled": settings.mixed_precision == "bf16"}, "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+    })
+    if not distributed:  # one process (python script.py): DeepSpeed still wants a process group of one
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(_free_port())}.items():
+            os.environ.setdefault(key, value)
+    use_cpu = os.environ.pop("ACCELERATE_USE_CPU", None)
+    try:
+        accelerator = Accelerator(cpu=False, mixed_precision=settings.mixed_precision, deepspeed_plugin=plugin,
+                                  kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu else [])
+    finally:
+        if use_cpu is not None:
+            os.environ["ACCELERATE_USE_CPU"] = use_cpu
+    if accelerator.distributed_type != DistributedType.DEEPSPEED or accelerator.num_processes != world:
+        raise RuntimeError(f"zero_stage={settings.zero_stage} asked for DeepSpeed on {world} process(es), but "
+                           f"Accelerate set up {accelerator.distributed_type} on {accelerator.num_processes}")
+    return accelerator
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

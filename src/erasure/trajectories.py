@@ -33,7 +33,9 @@ def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor,
     sched.set_timesteps(num_steps)
     cond = cond.expand(n, *cond.shape[1:]) if cond.shape[0] == 1 else cond
     if noise is None:
-        noise = torch.randn((n, *latent_shape), generator=generator, dtype=cond.dtype)
+        # cond may be token ids (long) when text-encoder rows are trained: latents are float then
+        dtype = cond.dtype if cond.is_floating_point() else torch.float32
+        noise = torch.randn((n, *latent_shape), generator=generator, dtype=dtype)
     x = noise.clone() * sched.init_noise_sigma
     out_x = torch.empty_like(x)
     out_t = torch.empty(n, dtype=torch.long)

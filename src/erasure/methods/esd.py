@@ -14,7 +14,9 @@ forward process.
 without the concept (anchor prompts) and f_i naming it there (CA's target prompts, e.g. "a red
 circle, in the style of X") replace c and "": eps_theta(x_t, f_i) -> eps*(p_i) - eta * (eps*(f_i) -
 eps*(p_i)), x_t from trajectories of f_i. The negative guidance is taken relative to the same
-scene without the concept instead of the empty prompt. Why: a small text encoder encodes a name
+scene without the concept instead of the empty prompt. For implicit kinds (nudity, an attribute
+that appears unprompted) it is the "erase from" form with f = each scene prompt p_i as users write
+it: eps_theta(x_t, p_i) -> eps*(p_i) - eta * (eps*(c) - eps*("")), x_t from trajectories of p_i. Why: a small text encoder encodes a name
 differently in context than alone, and the paper's single-prompt form then does not reach the
 prompts users write (measured on the miniworld: see benchmarks/results/methods.md).
 """
@@ -26,7 +28,6 @@ from typing import Literal
 import torch
 
 from ..concept import Concept, ConceptError
-from ..frozen import FrozenOriginal
 from ..prompts import anchor_prompts, target_prompt
 from ..trajectories import partial_trajectories
 from .base import Bench, Defaults, Options, Pool, mse, reference_images
@@ -68,18 +69,30 @@ class ESD:
 
     def build_pool(self, bench: Bench, concept: Concept, options: ESDOptions, size: int,
                    gen: torch.Generator) -> Pool:
-        c, u = bench.encode([concept.text]), bench.encode([""])
-        f = bench.encode([concept.erase_from]) if concept.erase_from else None
-        conds = {"c": c, "u": u} | ({"f": f} if f is not None else {})
+        """Tables: c (concept), u (its baseline), base (what the target starts from), train (the prompt
+        the trained model sees), empty (CFG). Paper: c=text, u=base="", train=text (erase_from: base
+        = train = f). In context: per sample c=f_i, u=base=p_i, train=f_i (implicit kinds: p_i)."""
+        empty = bench.encode([""])
         rows: dict[str, torch.Tensor] = {}
         if options.context_prompts:
-            base = anchor_prompts(concept, options.context_prompts, bench.model_spec,
-                                  seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            pairs = list(dict.fromkeys((p, target_prompt(concept, p, i)) for i, p in enumerate(base)))
-            conds["p"] = bench.encode([p for p, _ in pairs])
-            conds["f"] = f = bench.encode([t for _, t in pairs])
-            rows["f_idx"] = torch.randint(0, len(pairs), (size,), generator=gen)
-            rows["p_idx"] = rows["f_idx"].clone()
+            base_prompts = anchor_prompts(concept, options.context_prompts, bench.model_spec,
+                                          seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            pairs = list(dict.fromkeys((p, target_prompt(concept, p, i)) for i, p in enumerate(base_prompts)))
+            f, p = bench.encode([t for _, t in pairs]), bench.encode([q for q, _ in pairs])
+            pick = torch.randint(0, len(pairs), (size,), generator=gen)
+            if concept.kind in ("implicit", "nudity"):
+                # Appears without being named: "erase from" each scene prompt p_i users write,
+                # with the concept's own direction eps*(c) - eps*("").
+                conds = {"c": bench.encode([concept.text]), "u": empty, "base": p, "train": p, "empty": empty}
+                rows = {"base_idx": pick, "train_idx": pick.clone()}
+            else:
+                conds = {"c": f, "u": p, "base": p, "train": f, "empty": empty}
+                rows = {f"{k}_idx": pick.clone() for k in ("c", "u", "base", "train")}
+        else:
+            c = bench.encode([concept.text])
+            f = bench.encode([concept.erase_from]) if concept.erase_from else None
+            conds = {"c": c, "u": empty, "base": f if f is not None else empty,
+                     "train": f if f is not None else c, "empty": empty}
         if options.sampler == "trained":  # only the random numbers are fixed up front
             stops = torch.randint(0, options.ddim_steps, (size,), generator=gen)
             noise = torch.randn((size, *bench.latent_shape), generator=gen)
@@ -90,12 +103,12 @@ class ESD:
             x, t, _ = bench.noised(z[pick], gen)
         else:
             stops = torch.randint(0, options.ddim_steps, (size,), generator=gen)
-            cond = f[rows["f_idx"]] if "f_idx" in rows else c  # trajectories of the prompt being trained
-            x, t = partial_trajectories(bench.eps, bench.scheduler_config, cond, u, stops, bench.latent_shape,
-                                        guidance=options.guidance, num_steps=options.ddim_steps, generator=gen)
-        if "f_idx" in rows:  # in context: the scene without the concept plays the empty prompt's part
-            c, u, f = f[rows["f_idx"]], conds["p"][rows["p_idx"]], None
-        target = _target(bench.eps, x, t, c, u, f, options.eta)
+            sampled = "train" if options.context_prompts else "c"  # paper: trajectories of c
+            x, t = partial_trajectories(bench.eps, bench.scheduler_config, _per_sample(conds, rows, sampled, size),
+                                        empty, stops, bench.latent_shape, guidance=options.guidance,
+                                        num_steps=options.ddim_steps, generator=gen)
+        cs = {k: _per_sample(conds, rows, k, size) for k in ("c", "u", "base")}
+        target = _target(bench.eps, x, t, cs["c"], cs["u"], cs["base"], options.eta)
         return Pool(rows | {"x": x, "t": t, "target": target}, conds)
 
     def needs_frozen(self, options: ESDOptions) -> bool:
@@ -104,25 +117,22 @@ class ESD:
     def loss(self, model, batch: dict[str, torch.Tensor], options: ESDOptions, bench: Bench) -> torch.Tensor:
         if options.sampler == "trained":
             frozen = bench.frozen()
-            cond = batch["f"] if "p" in batch else batch["c"][:1]
-            x, t = partial_trajectories(bench.eps, bench.scheduler_config, cond, batch["u"][:1],
+            sampled = batch["train"] if options.context_prompts else batch["c"]
+            x, t = partial_trajectories(bench.eps, bench.scheduler_config, sampled, batch["empty"][:1],
                                         batch["stop"], bench.latent_shape, guidance=options.guidance,
                                         num_steps=options.ddim_steps, noise=batch["noise"])
-            if "p" in batch:
-                c, u, f = batch["f"], batch["p"], None
-            else:
-                c, u, f = batch["c"][:1], batch["u"][:1], batch.get("f")
-            target = _target(lambda *a: _batched(frozen, *a), x, t, c, u, f, options.eta)
+            target = _target(lambda *a: frozen(*a).float(), x, t, batch["c"], batch["u"], batch["base"], options.eta)
         else:
             x, t, target = batch["x"], batch["t"], batch["target"]
-        return mse(model(x, t, batch.get("f", batch["c"])), target)
+        return mse(model(x, t, batch["train"]), target)
 
 
-def _batched(frozen: FrozenOriginal, x, t, cond):
-    return frozen(x, t, cond.expand(len(x), *cond.shape[1:]) if len(cond) == 1 else cond).float()
+def _per_sample(conds: dict, rows: dict, key: str, size: int) -> torch.Tensor:
+    table = conds[key]
+    return table[rows[f"{key}_idx"]] if f"{key}_idx" in rows else table.expand(size, *table.shape[1:])
 
 
-def _target(eps, x, t, c, u, f, eta: float) -> torch.Tensor:
+def _target(eps, x, t, c, u, base, eta: float) -> torch.Tensor:
     e_c, e_u = eps(x, t, c), eps(x, t, u)
-    base = eps(x, t, f) if f is not None else e_u
-    return base - eta * (e_c - e_u)
+    e_base = e_u if base.shape == u.shape and torch.equal(base, u) else eps(x, t, base)
+    return e_base - eta * (e_c - e_u)

@@ -1,0 +1,248 @@
+"""Each erasure method on the tiny pipeline: its pool, its loss and gradients, its impossible combinations."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from erasure import methods
+from erasure.concept import Concept, ConceptError, check_encodable
+from erasure.delta import load_delta
+from erasure.editable import EditableModel
+from erasure.methods.base import Bench
+from erasure.models import load_pipeline
+from erasure.trainer import EraseSettings, check_prompts, erase, plan
+
+# Short anchor prompts: the tiny tokenizer spells one byte per token and holds 14, so the generic
+# prompts would be cut before the concept and a target prompt could equal its anchor prompt.
+SHORT = ("a dog", "a cup")
+SIZE = 8
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def reference(tmp_path):
+    path = tmp_path / "memorized.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _bench(pipe_dir, rule: str, concept: Concept | None = None) -> Bench:
+    pipe = load_pipeline(str(pipe_dir))
+    ids = check_encodable(pipe.tokenizer, concept.text) if rule == "embedding" else None
+    return Bench(pipe, EditableModel(pipe.unet, pipe.text_encoder, [rule], ids), "tiny")
+
+
+def _pool_and_loss(pipe_dir, method_name: str, concept: Concept, options: dict, seed: int = 0):
+    method = methods.get(method_name)
+    opts = method.Options(**options)
+    method.check(concept, opts)
+    bench = _bench(pipe_dir, method.default_rule(concept.kind), concept)
+    if getattr(opts, "stop_sot", False):
+        bench.model.stop_gradient_first_token()
+    if method.needs_frozen(opts):
+        bench.snapshot_frozen()
+    pool = method.build_pool(bench, concept, opts, SIZE, torch.Generator().manual_seed(seed))
+    loss = method.loss(bench.model, pool.batch(torch.arange(len(pool))), opts, bench)
+    return bench, pool, loss
+
+
+CAT = dict(text="cat", kind="style", anchor_prompts=SHORT)
+CASES = {
+    "esd": ("esd", CAT, {"ddim_steps": 4}, {"x", "t", "target"}),
+    "esd-erase-from": ("esd", CAT | {"erase_from": "animal"}, {"ddim_steps": 4}, {"x", "t", "target"}),
+    "esd-context": ("esd", CAT, {"ddim_steps": 4, "context_prompts": 4}, {"x", "t", "target"}),
+    "esd-reference": ("esd", dict(text="the memorized one", kind="memorized"), {"x_source": "reference"},
+                      {"x", "t", "target"}),
+    "esd-trained": ("esd", CAT, {"ddim_steps": 4, "sampler": "trained"}, {"stop", "noise"}),
+    "esd-nudity": ("esd", dict(text="nudity", kind="nudity"), {"ddim_steps": 4}, {"x", "t", "target"}),
+    "ca": ("ca", CAT, {"anchor_images": 4, "anchor_steps": 2}, {"x", "t", "noise", "a_idx", "c_idx", "target"}),
+    "ca-same": ("ca", CAT, {"anchor_images": 4, "anchor_steps": 2, "target_from": "same"},
+                {"x", "t", "noise", "a_idx", "c_idx"}),
+    "ca-noise": ("ca", CAT, {"anchor_images": 4, "anchor_steps": 2, "loss": "noise"},
+                 {"x", "t", "noise", "a_idx", "c_idx"}),
+    "ca-regularization": ("ca", CAT, {"anchor_images": 4, "anchor_steps": 2, "regularization": 0.5},
+                          {"x", "t", "noise", "a_idx", "c_idx", "target"}),
+    "ca-object": ("ca", dict(text="rex", kind="object", anchor="dog"), {"anchor_images": 4, "anchor_steps": 2},
+                  {"x", "t", "noise", "a_idx", "c_idx", "target"}),
+    "ca-memorized": ("ca", dict(text="the memorized one", kind="memorized", paraphrases=("a red dog", "a cup")),
+                     {"anchor_images": 4, "anchor_steps": 2}, {"x", "t", "noise", "a_idx", "c_idx", "target"}),
+    "abo": ("abo", dict(text="cat", kind="style"), {"ddim_steps": 4}, {"x", "t", "guidance_target", "uncond_target"}),
+    "abo-alternative": ("abo", dict(text="cat", kind="style", alternative="dog"), {"ddim_steps": 4},
+                        {"x", "t", "guidance_target", "uncond_target"}),
+    "loss-max": ("loss-max", CAT, {"images": 4, "image_steps": 2}, {"x", "t", "noise", "c_idx"}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pool_builds_and_loss_has_gradient_only_on_the_selected_parameters(case, tiny_pipeline_dir, reference):
+    name, fields, options, keys = CASES[case]
+    if fields["kind"] == "memorized":
+        fields = fields | {"reference_images": (reference,)}
+    bench, pool, loss = _pool_and_loss(tiny_pipeline_dir, name, Concept(**fields), options)
+    assert len(pool) == SIZE and keys <= set(pool.rows)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    selected = set(bench.model.trainable())
+    assert selected
+    norm = 0.0
+    for pname, p in bench.model.named_parameters():
+        if pname in selected:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+            norm += float(p.grad.norm())
+        else:
+            assert p.grad is None, pname
+    assert norm > 0
+
+
+def test_esd_erase_from_trains_the_broader_prompt_toward_its_own_prediction(tiny_pipeline_dir):
+    plain = Concept(text="cat", kind="style")
+    broad = Concept(text="cat", kind="style", erase_from="animal")
+    _, p_plain, _ = _pool_and_loss(tiny_pipeline_dir, "esd", plain, {"ddim_steps": 4})
+    bench, p_from, _ = _pool_and_loss(tiny_pipeline_dir, "esd", broad, {"ddim_steps": 4})
+    assert torch.equal(p_plain.rows["x"], p_from.rows["x"])  # x_t still from trajectories of the concept
+    x, t = p_from.rows["x"], p_from.rows["t"]
+    e_f, e_c, e_u = (bench.eps(x, t, bench.encode([s])) for s in ("animal", "cat", ""))
+    assert torch.allclose(p_from.rows["target"], e_f - (e_c - e_u), atol=1e-5)
+    assert torch.allclose(p_plain.rows["target"], e_u - (e_c - e_u), atol=1e-5)
+    # The model is trained on the broader prompt: its loss is zero where it predicts the target there.
+    method, opts = methods.get("esd"), methods.get("esd").Options(ddim_steps=4)
+    batch = p_from.batch(torch.arange(SIZE))
+    batch["target"] = e_f
+    with torch.no_grad():
+        assert float(method.loss(bench.model, batch, opts, bench)) < 1e-10
+
+
+def test_all_but_one_targets_the_alternatives_guidance(tiny_pipeline_dir):
+    _, none, _ = _pool_and_loss(tiny_pipeline_dir, "abo", Concept(text="cat", kind="style"), {"ddim_steps": 4})
+    _, alt, _ = _pool_and_loss(tiny_pipeline_dir, "abo", Concept(text="cat", kind="style", alternative="dog"),
+                               {"ddim_steps": 4})
+    assert torch.equal(none.rows["x"], alt.rows["x"])
+    assert torch.count_nonzero(none.rows["guidance_target"]) == 0  # no alternative: no guidance toward c
+    assert torch.count_nonzero(alt.rows["guidance_target"]) > 0
+    assert torch.equal(none.rows["uncond_target"], alt.rows["uncond_target"])
+
+
+def test_ca_target_from_same_equals_frozen_before_training(tiny_pipeline_dir):
+    """With the model still the original, 'same' (no-grad model) and 'frozen' (cached eps*) agree."""
+    opts = {"anchor_images": 4, "anchor_steps": 2}
+    concept = Concept(**CAT)
+    _, _, frozen = _pool_and_loss(tiny_pipeline_dir, "ca", concept, opts)
+    _, _, same = _pool_and_loss(tiny_pipeline_dir, "ca", concept, opts | {"target_from": "same"})
+    assert torch.allclose(frozen, same, rtol=1e-4, atol=1e-7)
+    _, _, reg = _pool_and_loss(tiny_pipeline_dir, "ca", concept, opts | {"regularization": 0.5})
+    assert reg > frozen
+
+
+def _tokenizer(pipe_dir):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(pipe_dir / "tokenizer"))
+
+
+IMPOSSIBLE = {
+    "anchor-equals-target": (dict(text="cat", kind="object", anchor=" Cat "), {"method": "ca"}, "anchor"),
+    "alternative-equals-target": (dict(text="cat", kind="style", alternative="cat"), {"method": "abo"},
+                                  "alternative"),
+    "esd-reference-without-images": (dict(text="memo", kind="memorized"),
+                                     {"options": {"x_source": "reference"}}, "reference_images"),
+    "ca-memorized-without-images": (dict(text="memo", kind="memorized", paraphrases=("a dog",)),
+                                    {"method": "ca"}, "reference_images"),
+    "ca-object-without-anchor": (dict(text="rex", kind="object"), {"method": "ca"}, "anchor"),
+    "esd-with-anchor": (dict(text="rex", kind="object", anchor="dog"), {}, "anchor"),
+    "abo-with-anchor": (dict(text="rex", kind="object", anchor="dog"), {"method": "abo"}, "anchor"),
+    "esd-context-and-erase-from": (dict(text="cat", kind="style", erase_from="animal"),
+                                   {"options": {"context_prompts": 4}}, "erase_from"),
+    "esd-trained-sampler-on-reference": (dict(text="memo", kind="memorized", reference_images=("x.png",)),
+                                         {"options": {"x_source": "reference", "sampler": "trained"}},
+                                         "x_source"),
+    "unknown-method": (dict(text="cat", kind="style"), {"method": "esd-x"}, "method 'esd-x' unknown"),
+    "unknown-rule": (dict(text="cat", kind="style"), {"rule": "xatn"}, "rule 'xatn' unknown"),
+    "unknown-option": (dict(text="cat", kind="style"), {"options": {"etaa": 1}}, "etaa"),
+    "bad-option-value": (dict(text="cat", kind="style"), {"options": {"sampler": "fast"}}, "sampler"),
+    "unknown-kind": (dict(text="cat", kind="painting"), {}, "kind"),
+    "empty-concept": (dict(text="   ", kind="style"), {}, "text"),
+}
+
+
+@pytest.mark.parametrize("case", IMPOSSIBLE)
+def test_impossible_combinations_name_the_field(case):
+    fields, settings, field = IMPOSSIBLE[case]
+    with pytest.raises(ValueError, match=field):  # ConceptError and pydantic's ValidationError are ValueErrors
+        plan([Concept(**fields)], EraseSettings(**settings))
+
+
+def test_plan_rejects_duplicates_and_disagreeing_joint_schedules():
+    with pytest.raises(ConceptError, match="listed twice"):
+        plan([Concept(text="cat", kind="style"), Concept(text="Cat", kind="style")], EraseSettings())
+    with pytest.raises(ConceptError, match="no concepts"):
+        plan([], EraseSettings())
+    two = [Concept(text="cat", kind="style"), Concept(text="dog", kind="style")]
+    with pytest.raises(ValueError, match="joint mode"):
+        plan(two, EraseSettings(), methods=["esd", "ca"])
+    assert len(plan(two, EraseSettings(mode="sequential"), methods=["esd", "ca"])) == 2
+
+
+LONG = "a concept far longer than fourteen tokens"
+
+
+@pytest.mark.parametrize(("field", "fields", "method"), [
+    ("concept", dict(text=LONG, kind="style"), "esd"),
+    ("anchor", dict(text="rex", kind="object", anchor=LONG), "ca"),
+    ("alternative", dict(text="cat", kind="style", alternative=LONG), "abo"),
+    ("erase_from", dict(text="cat", kind="style", erase_from=LONG), "esd"),
+])
+def test_text_the_tokenizer_cannot_hold_is_refused(field, fields, method, tiny_pipeline_dir):
+    jobs = plan([Concept(**fields)], EraseSettings(method=method))
+    with pytest.raises(ConceptError, match=rf"^{field} .*prompts hold at most 14"):
+        check_prompts(_tokenizer(tiny_pipeline_dir), jobs)
+
+
+def test_embedding_rule_changes_only_the_target_token_rows(tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    base = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    key = "text_encoder." + next(n for n, p in pipe.text_encoder.named_parameters()
+                                 if p is pipe.text_encoder.get_input_embeddings().weight)
+    ids = check_encodable(pipe.tokenizer, "cat")
+    settings = EraseSettings(method="esd", rule="embedding", options={"ddim_steps": 4}, steps=3, lr=1e-2,
+                             pool_size=SIZE)
+    erase(pipe, plan([Concept(text="cat", kind="style")], settings), settings, tmp_path / "work",
+          tmp_path / "d.safetensors", model_spec="tiny", progress=False)
+    tensors, _ = load_delta(tmp_path / "d.safetensors")
+    assert list(tensors) == [key]  # the embedding table only, no UNet tensor
+    weight = tensors[key]
+    assert weight.shape == base.shape
+    changed = set(torch.nonzero((weight != base).any(1)).flatten().tolist())
+    assert changed and changed <= set(ids)
+
+
+def test_stop_gradient_first_token_cuts_token_zero_from_the_gradient(tiny_pipeline_dir):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    model = EditableModel(pipe.unet, pipe.text_encoder, ["xattn-kv"])
+    torch.manual_seed(0)
+    x, t, emb = torch.randn(2, 4, 8, 8), torch.tensor([10, 700]), torch.randn(2, 16, 32)
+    weights = [p for n, p in model.named_parameters() if n.endswith("attn2.to_k.weight")]
+
+    def grads(stop: bool):
+        model.stop_gradient_first_token(stop)
+        cond = emb.clone().requires_grad_(True)
+        out = model(x, t, cond)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        g = [w.grad.clone() for w in weights]
+        model.zero_grad(set_to_none=True)
+        return out.detach(), cond.grad, g
+
+    out_on, cond_on, w_on = grads(True)
+    out_off, cond_off, w_off = grads(False)
+    assert torch.equal(out_on, out_off)  # the forward pass is unchanged
+    # The text conditioning reaches the UNet only through cross-attention keys and values.
+    assert torch.count_nonzero(cond_on[:, 0]) == 0 and torch.count_nonzero(cond_off[:, 0]) > 0
+    assert torch.allclose(cond_on[:, 1:], cond_off[:, 1:], atol=1e-6)
+    assert not all(torch.allclose(a, b) for a, b in zip(w_on, w_off))
+    model.stop_gradient_first_token(True)
+    model.stop_gradient_first_token(True)  # re-enabling replaces the hooks instead of stacking them
+    assert len(model._sot_hooks) == 2 * len(weights)
+    model.stop_gradient_first_token(False)
+    assert not model._sot_hooks
