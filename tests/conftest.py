@@ -22,10 +22,10 @@ def build_tiny_pipeline(path):
         for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
             vocab[ch + suffix] = len(vocab)
     tok = CLIPTokenizer(vocab=vocab, merges=[], bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                        unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=16)
+                        unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=64)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
                                         num_hidden_layers=1, num_attention_heads=2,
-                                        max_position_embeddings=16, pad_token_id=1, bos_token_id=0,
+                                        max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
                                         eos_token_id=1))
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                                 block_out_channels=(32, 32), norm_num_groups=8, cross_attention_dim=32,

@@ -61,13 +61,13 @@ def test_erase_memorized_image_with_reference(tiny_pipeline_dir, tmp_path):
     assert load_delta(out)[1]["concepts"][0]["reference_images"] == [str(ref)]
 
 
-LONG = "a concept longer than the tokenizer holds"
+LONG = "a concept longer than the sixty-two tokens that the tiny test tokenizer holds"
 IMPOSSIBLE = {
     "anchor-equals-target": (["-c", "cat", "--kind", "object", "--method", "ca", "--anchor", "Cat"],
                              "anchor 'Cat' equals the concept"),
     "esd-reference-without-image": (["-c", "memo", "--kind", "memorized", "--option", "x_source=reference"],
                                     "needs reference_images"),
-    "ca-memorized-without-image": (["-c", "memo", "--kind", "memorized", "--method", "ca"],
+    "ca-memorized-without-image": (["-c", "memo", "--kind", "memorized", "--method", "ca", "--anchor", "a red dog"],
                                    "needs reference_images"),
     "ca-object-without-anchor": (["-c", "rex", "--kind", "object", "--method", "ca"], "needs an anchor"),
     "esd-with-anchor": (["-c", "rex", "--kind", "object", "--anchor", "dog"], "takes no anchor"),
@@ -75,7 +75,7 @@ IMPOSSIBLE = {
     "loss-max-object-without-anchor": (["-c", "rex", "--kind", "object", "--method", "loss-max"],
                                        "needs an anchor"),
     "unknown-kind": (["-c", "cat", "--kind", "painting"], "Invalid value for '--kind'"),
-    "concept-too-long": (["-c", LONG, "--kind", "style"], "prompts hold at most 14"),
+    "concept-too-long": (["-c", LONG, "--kind", "style"], "prompts hold at most 62"),
     "anchor-too-long": (["-c", "rex", "--kind", "object", "--method", "ca", "--anchor", LONG],
                         "anchor 'a concept longer"),
     "unknown-method": (["-c", "cat", "--kind", "style", "--method", "esdx"], "method 'esdx' unknown"),
@@ -111,7 +111,7 @@ def test_ca_on_a_memorized_image_needs_a_description(tiny_pipeline_dir, tmp_path
     args = ["-c", "memo", "--kind", "memorized", "--method", "ca", "--reference-image", str(ref),
             "--option", "anchor_images=4", "--option", "anchor_steps=2", "--steps", "1"]
     res = _erase(tiny_pipeline_dir, out, *args)
-    assert res.exit_code == 2 and "needs paraphrases" in res.output
+    assert res.exit_code == 2 and "needs an anchor" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.png"]
     # --anchor describes the image's content (a paraphrase): the corrected command then runs.
     res = _erase(tiny_pipeline_dir, out, *args, "--anchor", "a red dog")

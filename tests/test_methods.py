@@ -185,7 +185,7 @@ def test_plan_rejects_duplicates_and_disagreeing_joint_schedules():
     assert len(plan(two, EraseSettings(mode="sequential"), methods=["esd", "ca"])) == 2
 
 
-LONG = "a concept far longer than fourteen tokens"
+LONG = "a concept far longer than the sixty-two tokens that this tiny test tokenizer holds"
 
 
 @pytest.mark.parametrize(("field", "fields", "method"), [
@@ -196,7 +196,7 @@ LONG = "a concept far longer than fourteen tokens"
 ])
 def test_text_the_tokenizer_cannot_hold_is_refused(field, fields, method, tiny_pipeline_dir):
     jobs = plan([Concept(**fields)], EraseSettings(method=method))
-    with pytest.raises(ConceptError, match=rf"^{field} .*prompts hold at most 14"):
+    with pytest.raises(ConceptError, match=rf"^{field} .*prompts hold at most 62"):
         check_prompts(_tokenizer(tiny_pipeline_dir), jobs)
 
 

@@ -96,6 +96,18 @@ class EditableModel(nn.Module):
             out[f"text_encoder.{self._embedding_name}"] = self.patched.merged_weight()
         return out
 
+    def release(self) -> None:
+        """Leave the pipeline's modules plain again: edited rows merged into the embedding table,
+        hooks removed, nothing requiring gradients (so save_pretrained writes standard keys)."""
+        self.stop_gradient_first_token(False)
+        if self.patched is not None:
+            holder = _embedding_holder(self.text_encoder)
+            with torch.no_grad():
+                self.patched.base.weight.copy_(self.patched.merged_weight())
+            holder.token_embedding = self.patched.base
+        for p in self.parameters():
+            p.requires_grad_(False)
+
     def stop_gradient_first_token(self, enable: bool = True) -> None:
         """Stop the gradient through the start-of-text token's key and value in every cross-attention.
 

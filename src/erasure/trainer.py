@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
 from . import methods as method_registry
@@ -46,18 +46,20 @@ class EraseSettings(BaseModel):
 
     method: str = "esd"
     rule: str | None = None  # None: the method's default for the concept's kind
-    options: dict = {}  # the method's own options (see methods/<method>.py)
-    steps: int | None = None  # per concept; None: the method's reference default
-    lr: float | None = None
-    batch_size: int | None = None
-    weight_decay: float | None = None
+    # The method's own options (see methods/<method>.py); when concepts use several methods, key
+    # them by method name: {"esd": {...}, "ca": {...}}.
+    options: dict = {}
+    steps: int | None = Field(None, gt=0)  # per concept; None: the method's reference default
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
     mode: Literal["joint", "sequential"] = "joint"
-    pool_size: int | None = None  # None: min(steps x batch, MAX_POOL)
+    pool_size: int | None = Field(None, gt=0)  # None: min(steps x batch, MAX_POOL)
     seed: int = 0
     grad_clip: float = 1.0
     mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 50
+    checkpoint_every: int = Field(50, gt=0)
     zero_stage: Literal[0, 1, 2, 3] = 0
 
 
@@ -110,7 +112,7 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         name = (methods[i] if methods else None) or settings.method
         method = method_registry.get(name)
         try:
-            options = method.Options(**settings.options)
+            options = method.Options(**_options_for(name, settings.options))
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ValueError(f"options for method {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -119,16 +121,23 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         if rule not in RULES:
             raise ValueError(f"rule {rule!r} unknown; expected one of {', '.join(RULES)}")
         d = method.defaults(concept.kind)
-        steps, batch = settings.steps or d.steps, settings.batch_size or d.batch_size
-        jobs.append(Job(concept, name, rule, options, steps, settings.lr or d.lr, batch,
+        steps = d.steps if settings.steps is None else settings.steps
+        batch = d.batch_size if settings.batch_size is None else settings.batch_size
+        jobs.append(Job(concept, name, rule, options, steps, d.lr if settings.lr is None else settings.lr, batch,
                         d.weight_decay if settings.weight_decay is None else settings.weight_decay,
-                        settings.pool_size or min(steps * batch, MAX_POOL)))
+                        settings.pool_size if settings.pool_size is not None else min(steps * batch, MAX_POOL)))
     if settings.mode == "joint":
         keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs}
         if len(keys) > 1:
             raise ValueError("joint mode trains every concept with one optimizer: lr, batch size and weight decay "
                              f"must agree across concepts (got {sorted(keys)}); set them in the settings")
     return jobs
+
+
+def _options_for(method: str, options: dict) -> dict:
+    if options and all(k in method_registry.METHODS for k in options):
+        return dict(options.get(method, {}))
+    return dict(options)
 
 
 def check_prompts(tokenizer, jobs: list[Job]) -> None:
@@ -223,7 +232,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                 if budget == 0:
                     _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
                     result.seconds_train += time.time() - t0
-                    return _finish(result, state)
+                    return _finish(result, state, model)
         bar.close()
         result.seconds_train += time.time() - t0
         if on_phase_end is not None:
@@ -241,10 +250,11 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                                                       concepts=[j.concept.model_dump(mode="json") for j in jobs],
                                                       base_hash=base_hash or ""), Path(out))
         result.delta = Path(out)
-    return _finish(result, state)
+    return _finish(result, state, model)
 
 
-def _finish(result: EraseResult, state: dict) -> EraseResult:
+def _finish(result: EraseResult, state: dict, model: EditableModel) -> EraseResult:
+    model.release()  # the caller's pipeline is left a plain, edited pipeline
     result.history, result.losses = state["history"], state["losses"]
     result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -266,7 +276,9 @@ def _names(model: EditableModel, rule: str) -> set[str]:
 
 def _pool(bench: Bench, job: Job, path: Path, seed_parts: tuple, accelerator) -> Pool:
     """Load the phase's pool for this job, or build it with the model as it is now and save it."""
-    if path.exists():
+    cached = path.exists()
+    accelerator.wait_for_everyone()  # all ranks look before the main one writes it, or they disagree and deadlock
+    if cached:
         return Pool.load(path)
     gen = torch.Generator().manual_seed(_seed(*seed_parts))
     pool = method_registry.get(job.method).build_pool(bench, job.concept, job.options, job.pool_size, gen)
@@ -338,7 +350,9 @@ def _claim_workdir(workdir: Path, jobs: list[Job], settings: EraseSettings, base
     spec = json.dumps({"jobs": [j.describe() for j in jobs], "settings": settings.model_dump(mode="json"),
                        "base_hash": base_hash}, sort_keys=True)
     marker = workdir / "run.json"
-    if marker.exists():
+    claimed = marker.exists()
+    accelerator.wait_for_everyone()  # all ranks look before the main one writes it, or they disagree and deadlock
+    if claimed:
         if json.loads(marker.read_text()) != json.loads(spec):
             raise ValueError(f"--workdir {workdir} holds a run with other settings; use another workdir "
                              "or delete it to start over")

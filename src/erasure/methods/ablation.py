@@ -51,6 +51,9 @@ class ConceptAblation:
     def check(self, concept: Concept, options: CAOptions) -> None:
         if concept.kind in ("instance", "object") and not concept.anchor and not concept.anchor_prompts:
             raise ConceptError(f"concept {concept.text!r} ({concept.kind}): CA needs an anchor (e.g. its class)")
+        if concept.kind == "memorized" and not (concept.paraphrases or concept.anchor_prompts or concept.anchor):
+            raise ConceptError(f"concept {concept.text!r}: CA on a memorized image needs an anchor (a description "
+                               "of its content that does not reproduce it), paraphrases or anchor_prompts")
         if concept.kind == "memorized" and not concept.reference_images:
             raise ConceptError(f"concept {concept.text!r}: CA on a memorized image needs reference_images, to "
                                "drop anchor images that copy it")

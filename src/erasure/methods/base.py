@@ -114,6 +114,11 @@ class Bench:
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Conditioning for prompts: embeddings, or token ids when text-encoder rows are trained."""
         tok = self.pipe.tokenizer
+        for prompt in prompts:  # truncation would silently cut the concept off the end of a prompt
+            n = len(tok(prompt).input_ids)
+            if n > tok.model_max_length:
+                raise ConceptError(f"prompt {prompt!r} is {n} tokens; this model's text encoder holds "
+                                   f"{tok.model_max_length}: shorten the concept or the anchor prompts")
         ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
         if self.model.text_trainable:

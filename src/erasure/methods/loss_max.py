@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..concept import Concept
+from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
 from .base import Bench, Defaults, Options, Pool, mse
 
@@ -30,7 +30,9 @@ class LossMax:
         return Defaults(lr=8e-6, steps=100, batch_size=4, weight_decay=1e-2)  # CA's, for a fair comparison
 
     def check(self, concept: Concept, options: LossMaxOptions) -> None:
-        pass
+        if concept.kind in ("instance", "object") and not concept.anchor and not concept.anchor_prompts:
+            raise ConceptError(f"concept {concept.text!r} ({concept.kind}): loss-max builds its target prompts "
+                               "from anchor prompts and needs an anchor (e.g. its class)")
 
     def needs_frozen(self, options: LossMaxOptions) -> bool:
         return False
