@@ -13,8 +13,8 @@ from erasure.methods.base import Bench
 from erasure.models import load_pipeline
 from erasure.trainer import EraseSettings, check_prompts, erase, plan
 
-# Short anchor prompts: the tiny tokenizer spells one byte per token and holds 14, so the generic
-# prompts would be cut before the concept and a target prompt could equal its anchor prompt.
+# Short anchor prompts: the tiny tokenizer spells one byte per token and holds 62, so the generic
+# prompts would not fit (the trainer refuses prompts longer than the text encoder holds).
 SHORT = ("a dog", "a cup")
 SIZE = 8
 
@@ -246,3 +246,26 @@ def test_stop_gradient_first_token_cuts_token_zero_from_the_gradient(tiny_pipeli
     assert len(model._sot_hooks) == 2 * len(weights)
     model.stop_gradient_first_token(False)
     assert not model._sot_hooks
+
+
+def test_frozen_reference_holds_only_what_the_objective_needs(tiny_pipeline_dir):
+    """Frozen-sampler ESD keeps no copy at all; the paper's sampler keeps copies of attn2 tensors only."""
+    bench, _, _ = _pool_and_loss(tiny_pipeline_dir, "esd", Concept(**CAT), {"ddim_steps": 4})
+    assert bench._frozen is None
+    bench, _, _ = _pool_and_loss(tiny_pipeline_dir, "esd", Concept(**CAT), {"ddim_steps": 4, "sampler": "trained"})
+    unet = bench.model.unet
+    xattn_bytes = sum(p.numel() * p.element_size() for n, p in unet.named_parameters() if "attn2" in n)
+    full_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    assert set(bench.frozen().originals) == {f"unet.{n}" for n, _ in unet.named_parameters() if "attn2" in n}
+    assert bench.frozen().nbytes() == xattn_bytes < full_bytes
+
+
+def test_bf16_and_gradient_checkpointing_run(tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    settings = EraseSettings(method="esd", steps=2, pool_size=SIZE, lr=1e-3, mixed_precision="bf16",
+                             gradient_checkpointing=True, options={"ddim_steps": 4})
+    res = erase(pipe, plan([Concept(**CAT)], settings), settings, tmp_path / "w", tmp_path / "d.safetensors",
+                model_spec="tiny", progress=False)
+    assert res.steps_run == 2 and all(np.isfinite(res.losses))
+    tensors, _ = load_delta(tmp_path / "d.safetensors")
+    assert all(v.dtype == torch.float32 for v in tensors.values())  # weights stay fp32 (autocast)
