@@ -72,6 +72,8 @@ CASES = {
     "abo": ("abo", dict(text="cat", kind="style"), {"ddim_steps": 4}, {"x", "t", "guidance_target", "uncond_target"}),
     "abo-alternative": ("abo", dict(text="cat", kind="style", alternative="dog"), {"ddim_steps": 4},
                         {"x", "t", "guidance_target", "uncond_target"}),
+    "abo-context": ("abo", CAT | {"alternative": "dog"}, {"ddim_steps": 4, "context_prompts": 2},
+                    {"x", "t", "guidance_target", "uncond_target", "c_idx", "u_idx"}),
     "loss-max": ("loss-max", CAT, {"images": 4, "image_steps": 2}, {"x", "t", "noise", "c_idx"}),
 }
 

@@ -9,6 +9,10 @@ second term keeps the unconditional score where it was:
       + lambda * || eps_theta(x_t, "") - eps*(x_t, "") ||^2
 
 x_t from frozen-model partial trajectories conditioned on c, as in ESD (cached in the pool).
+
+`context_prompts=n` (our extension, as ESD's): the same loss inside scenes, with c -> f_i (a scene
+prompt naming the target), "" -> p_i (the same scene without it) and alt -> the scene naming the
+alternative; for small text encoders that encode a name alone differently than in a prompt.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..concept import Concept, ConceptError
+from ..prompts import anchor_prompts, target_prompt
 from ..trajectories import partial_trajectories
 from .base import Bench, Defaults, Options, Pool, mse
 
@@ -24,6 +29,7 @@ class ABOOptions(Options):
     lam: float = 1.0
     ddim_steps: int = 50
     guidance: float = 3.0
+    context_prompts: int = 0
 
 
 class AllButOne:
@@ -45,13 +51,27 @@ class AllButOne:
 
     def build_pool(self, bench: Bench, concept: Concept, options: ABOOptions, size: int,
                    gen: torch.Generator) -> Pool:
-        c, u = bench.encode([concept.text]), bench.encode([""])
+        empty = bench.encode([""])
+        if options.context_prompts:
+            scenes = anchor_prompts(concept, options.context_prompts, bench.model_spec,
+                                    seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            scenes = list(dict.fromkeys(scenes))
+            alt = concept.model_copy(update={"text": concept.alternative}) if concept.alternative else None
+            c = bench.encode([target_prompt(concept, p, i) for i, p in enumerate(scenes)])
+            u = bench.encode(scenes)
+            a = bench.encode([target_prompt(alt, p, i) for i, p in enumerate(scenes)]) if alt else u
+            pick = torch.randint(0, len(scenes), (size,), generator=gen)
+            rows, c_s, u_s, a_s = {"c_idx": pick, "u_idx": pick.clone()}, c[pick], u[pick], a[pick]
+        else:
+            c, u = bench.encode([concept.text]), empty
+            a = bench.encode([concept.alternative]) if concept.alternative else u
+            rows, c_s, u_s, a_s = {}, c, u, a
         stops = torch.randint(0, options.ddim_steps, (size,), generator=gen)
-        x, t = partial_trajectories(bench.eps, bench.scheduler_config, c, u, stops, bench.latent_shape,
+        x, t = partial_trajectories(bench.eps, bench.scheduler_config, c_s, empty, stops, bench.latent_shape,
                                     guidance=options.guidance, num_steps=options.ddim_steps, generator=gen)
-        e_u = bench.eps(x, t, u)
-        e_alt = bench.eps(x, t, bench.encode([concept.alternative])) if concept.alternative else e_u
-        return Pool({"x": x, "t": t, "guidance_target": e_alt - e_u, "uncond_target": e_u}, {"c": c, "u": u})
+        e_u = bench.eps(x, t, u_s)
+        e_alt = bench.eps(x, t, a_s) if concept.alternative else e_u
+        return Pool(rows | {"x": x, "t": t, "guidance_target": e_alt - e_u, "uncond_target": e_u}, {"c": c, "u": u})
 
     def loss(self, model, batch: dict[str, torch.Tensor], options: ABOOptions, bench: Bench) -> torch.Tensor:
         x, t = batch["x"], batch["t"]
