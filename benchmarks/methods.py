@@ -54,6 +54,12 @@ ROWS = {
         settings={"method": "esd", "rule": "xattn", "steps": 100, "lr": 2e-4},
         target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]],
         bound="(paper's single-prompt form, for comparison)"),
+    "esd-x-style-trained-sampler": dict(
+        concepts=[{"text": "Vasquez", "kind": "style"}],
+        settings={"method": "esd", "rule": "xattn", "steps": 100, "lr": 2e-4,
+                  "options": {"context_prompts": 64, "sampler": "trained"}},
+        target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]],
+        bound="(the paper's sampler: a fresh trajectory every step, no cache; for speed)"),
     "esd-u-implicit": dict(
         concepts=[{"text": "with a golden frame", "kind": "implicit"}],
         settings={"method": "esd", "rule": "noxattn", "steps": 300, "lr": 2e-4,
@@ -79,6 +85,12 @@ ROWS = {
     "abo-style-alternative": dict(
         concepts=[{"text": "Vasquez", "kind": "style", "alternative": "Okafor"}],
         settings={"method": "abo", "rule": "xattn", "steps": 200, "lr": 2e-4},
+        target=[style("Vasquez")], alternative=[("style", "Vasquez", "Okafor")],
+        neighbours=[style(a) for a in STYLES[1:]],
+        bound="(paper's single-prompt form, for comparison)"),
+    "abo-style-alternative-context": dict(
+        concepts=[{"text": "Vasquez", "kind": "style", "alternative": "Okafor"}],
+        settings={"method": "abo", "rule": "xattn", "steps": 200, "lr": 2e-4, "options": {"context_prompts": 64}},
         target=[style("Vasquez")], alternative=[("style", "Vasquez", "Okafor")],
         neighbours=[style(a) for a in STYLES[1:]],
         bound="prompts naming the target show the alternative >= 0.60; neighbours within 10 points"),
@@ -262,7 +274,7 @@ def report(records: list[dict], sd: dict | None, n: int) -> str:
         spec = f"{drops[worst]:+.2f} ({worst.split(':', 1)[1]})" if worst else "-"
         lines.append(f"| {r['row']} | {r['method']} | {r.get('rule', '-')} | {', '.join(r['concepts'])} | {tgt} | "
                      f"{spec} | {r['seconds_per_step']} | {r.get('seconds_per_concept', '-')} | {r['seconds_pool']} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['bound']} |")
+                     f"{r['peak_rss_mb']:.0f} | {ROWS[r['row']]['bound']} |")
     seq = [r for r in records if r.get("history")]
     for r in seq:
         lines += ["", f"Sequential ({r['row']}): each target's presence after every added concept", ""]

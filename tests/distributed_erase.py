@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("pipe", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0)
+    ap.add_argument("--rule", default=None, help="parameter rule (default: the method's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--watchdog", type=float, default=0,
                     help="seconds after which every thread's stack is printed and the process exits (0: off)")
@@ -67,7 +68,7 @@ def main() -> None:
     _ensure_pipeline(args.pipe)
     pipe = load_pipeline(str(args.pipe))
     settings = EraseSettings(method="esd", steps=4, batch_size=2, pool_size=8, lr=1e-3,
-                             zero_stage=args.zero_stage, options={"ddim_steps": 4})
+                             zero_stage=args.zero_stage, options={"ddim_steps": 4}, rule=args.rule)
     jobs = plan([Concept(text="a red circle", kind="object")], settings)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -77,8 +78,13 @@ def main() -> None:
 
     state = AcceleratorState()
     rank, world = state.process_index, state.num_processes
-    params = {f"unet.{n}": p for n, p in select_unet(pipe.unet, jobs[0].rule).items()}
+    if jobs[0].rule == "embedding":  # after erase() the edited rows are merged back into the table
+        table = pipe.text_encoder.get_input_embeddings().weight
+        params = {f"text_encoder.{n}": p for n, p in pipe.text_encoder.named_parameters() if p is table}
+    else:
+        params = {f"unet.{n}": p for n, p in select_unet(pipe.unet, jobs[0].rule).items()}
     partitioned = any(hasattr(p, "ds_id") for p in params.values())  # ZeRO-3 split them across ranks
+    absent = sum(p.data.numel() == 0 for p in params.values())  # ... and this rank holds only a slice now
     if partitioned:
         import deepspeed
 
@@ -96,7 +102,7 @@ def main() -> None:
         "torch_world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
         "distributed_type": str(state.distributed_type).split(".")[-1],
         "zero_stage": plugin.zero_stage if plugin is not None else 0,
-        "partitioned": partitioned, "losses": result.losses, "steps_run": result.steps_run,
+        "partitioned": partitioned, "absent_before_gather": absent, "losses": result.losses, "steps_run": result.steps_run,
         "seconds_erase": round(seconds, 2), "seconds_pool": round(result.seconds_pool, 2),
         "seconds_train": round(result.seconds_train, 2),
     }

@@ -178,6 +178,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
     j0 = phases[0][0]
     optimizer = torch.optim.AdamW(trainable.values(), lr=j0.lr, weight_decay=j0.weight_decay)
+    if settings.zero_stage == 3:
+        _zero3_external(model.text_encoder)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     ckpt = workdir / "checkpoint"
@@ -310,6 +312,18 @@ def _save_main(accelerator, write: Callable[[Path], None], path: Path, gather=()
             path.parent.mkdir(parents=True, exist_ok=True)
             write(path)
         accelerator.wait_for_everyone()
+
+
+def _zero3_external(module: torch.nn.Module) -> None:
+    """ZeRO-3 gathers a module's own parameters as it is called, but CLIP's embeddings read their
+    position table's shape before calling it (and find it empty): have them gather it too. (Not a
+    z3 leaf module: DeepSpeed then never reduces the gradients of parameters inside it.)"""
+    import deepspeed
+
+    for mod in module.modules():
+        table = getattr(mod, "position_embedding", None)
+        if isinstance(table, torch.nn.Embedding):
+            deepspeed.zero.register_external_parameter(mod, table.weight)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import torch
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
-from .base import Bench, Defaults, Options, Pool, mse, reference_images
+from .base import Bench, Defaults, Options, Pool, mse, prompt_table, reference_images
 
 
 class CAOptions(Options):
@@ -65,19 +65,15 @@ class ConceptAblation:
                    gen: torch.Generator) -> Pool:
         prompts = anchor_prompts(concept, options.anchor_images, bench.model_spec,
                                  seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=gen).tolist()
-        z = bench.sample_latents(prompts, seeds, options.anchor_steps, options.anchor_guidance, desc="anchor images")
+        z = bench.sample_latents(prompts, gen, options.anchor_steps, options.anchor_guidance, desc="anchor images")
         if concept.kind == "memorized":
             keep = _not_copies(bench, concept, z, options.copy_threshold)
             if not keep.any():
                 raise ConceptError(f"concept {concept.text!r}: every anchor image copies the memorized image; "
                                    "expected paraphrases whose generations differ from it")
             prompts, z = [p for p, k in zip(prompts, keep) if k], z[torch.as_tensor(keep)]
-        distinct = list(dict.fromkeys(prompts))
-        a_idx = torch.as_tensor([distinct.index(p) for p in prompts])
-        targets = [target_prompt(concept, p, i) for i, p in enumerate(distinct)]
-        t_distinct = list(dict.fromkeys(targets))
-        t_of_anchor = torch.as_tensor([t_distinct.index(t) for t in targets])
+        distinct, a_idx = prompt_table(prompts)
+        t_distinct, t_of_anchor = prompt_table([target_prompt(concept, p, i) for i, p in enumerate(distinct)])
         conds = {"a": bench.encode(distinct), "c": bench.encode(t_distinct)}
         pick = torch.randint(0, len(z), (size,), generator=gen)
         x, t, noise = bench.noised(z[pick], gen)

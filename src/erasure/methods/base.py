@@ -144,10 +144,12 @@ class Bench:
         return self.pipe.scheduler.add_noise(latents, noise, t), t, noise
 
     @torch.no_grad()
-    def sample_latents(self, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+    def sample_latents(self, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
                        desc: str = "sampling") -> torch.Tensor:
+        """Images (as latents) of the current model for prompts, one seed per image drawn from gen."""
         from ..sampling import generate_latents
 
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=gen).tolist()
         return generate_latents(self.pipe, prompts, seeds, steps=steps, guidance=guidance, desc=desc)
 
     @torch.no_grad()
@@ -182,6 +184,12 @@ def reference_images(concept: Concept, size: int) -> np.ndarray:
         for img in imgs:
             arrays.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)))
     return np.stack(arrays)
+
+
+def prompt_table(prompts: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Distinct prompts (a conditioning table to encode once) and each prompt's row in it."""
+    distinct = list(dict.fromkeys(prompts))
+    return distinct, torch.as_tensor([distinct.index(p) for p in prompts])
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
-from .base import Bench, Defaults, Options, Pool, mse
+from .base import Bench, Defaults, Options, Pool, mse, prompt_table
 
 
 class LossMaxOptions(Options):
@@ -45,10 +45,8 @@ class LossMax:
             base = anchor_prompts(concept, options.images, bench.model_spec,
                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             prompts = [target_prompt(concept, p, i) for i, p in enumerate(base)]
-        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=gen).tolist()
-        z = bench.sample_latents(prompts, seeds, options.image_steps, options.image_guidance, desc="target images")
-        distinct = list(dict.fromkeys(prompts))
-        c_idx = torch.as_tensor([distinct.index(p) for p in prompts])
+        z = bench.sample_latents(prompts, gen, options.image_steps, options.image_guidance, desc="target images")
+        distinct, c_idx = prompt_table(prompts)
         pick = torch.randint(0, len(z), (size,), generator=gen)
         x, t, noise = bench.noised(z[pick], gen)
         return Pool({"x": x, "t": t, "noise": noise, "c_idx": c_idx[pick]}, {"c": bench.encode(distinct)})
