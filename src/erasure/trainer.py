@@ -419,6 +419,12 @@ def _accelerator(settings: EraseSettings, batch_size: int | None = None):
     finally:
         if use_cpu is not None:
             os.environ["ACCELERATE_USE_CPU"] = use_cpu
+    try:  # else transformers builds every model loaded later in this process partitioned (ZeRO-3's zero.Init)
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    except ImportError:
+        pass
     if accelerator.distributed_type != DistributedType.DEEPSPEED or accelerator.num_processes != world:
         raise RuntimeError(f"zero_stage={settings.zero_stage} asked for DeepSpeed on {world} process(es), but "
                            f"Accelerate set up {accelerator.distributed_type} on {accelerator.num_processes}")
