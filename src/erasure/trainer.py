@@ -159,6 +159,13 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         raise ValueError("erasure training supports pipelines with one text encoder (SD 1.x / 2.x); "
                          "SDXL's second encoder and added conditioning are not supported yet")
     check_prompts(pipe.tokenizer, jobs)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for j in jobs:
+        if j.batch_size < world:
+            raise ValueError(f"batch size {j.batch_size} is smaller than the {world} processes: each needs a sample")
+        if settings.zero_stage and method_registry.get(j.method).needs_frozen(j.options):
+            raise ValueError(f"method {j.method!r} with these options keeps originals of the trained tensors, "
+                             "which ZeRO partitions: use zero_stage 0 (or ESD's default frozen sampler)")
     workdir = Path(workdir)
     accelerator = _accelerator(settings, max(j.batch_size for j in jobs))
     rules = sorted({j.rule for j in jobs})
@@ -178,14 +185,13 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
     j0 = phases[0][0]
     optimizer = torch.optim.AdamW(trainable.values(), lr=j0.lr, weight_decay=j0.weight_decay)
+    ckpt = workdir / "checkpoint"
+    state = {"phase": 0, "step": 0, "history": [], "losses": []}
+    if ckpt.exists():  # weights go in before prepare: DeepSpeed takes its own copy there
+        state = load_checkpoint(ckpt, {"model": trainable}, None)["extra"]
     if settings.zero_stage == 3:
         _zero3_external(model.text_encoder)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
-
-    ckpt = workdir / "checkpoint"
-    state = {"phase": 0, "step": 0, "history": [], "losses": []}
-    if ckpt.exists():
-        state = load_checkpoint(ckpt, {"model": trainable}, None)["extra"]
     rank, world = accelerator.process_index, accelerator.num_processes
     budget = stop_after
     for k, phase in enumerate(phases):
@@ -203,9 +209,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
                        (settings.seed, k, i), accelerator) for i, j in enumerate(phase)]
         result.seconds_pool += time.time() - t0
-        if resuming:
+        if resuming and settings.zero_stage == 0:
             load_checkpoint(ckpt, {"model": trainable}, optimizer)
-        else:
+        else:  # under ZeRO a resumed phase restarts Adam's moments (weights were restored before prepare)
             _reset_optimizer(optimizer, phase[0])
         model.set_trainable(set().union(*(names_by_rule[j.rule] for j in phase)))
         total = sum(j.steps for j in phase)
@@ -256,7 +262,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
 
 
 def _finish(result: EraseResult, state: dict, model: EditableModel) -> EraseResult:
-    model.release()  # the caller's pipeline is left a plain, edited pipeline
+    extra = [model.patched.base.weight] if model.patched is not None else []
+    with _gathered([*model.trainable().values(), *extra], modify=True):
+        model.release()  # the caller's pipeline is left a plain, edited pipeline
     result.history, result.losses = state["history"], state["losses"]
     result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -327,16 +335,17 @@ def _zero3_external(module: torch.nn.Module) -> None:
 
 
 @contextmanager
-def _gathered(params):
-    """Within: the full values of `params` on every rank, also under ZeRO-3 (read-only: changes are lost).
-    Collective under ZeRO-3: every rank must enter with the same parameters. A no-op otherwise."""
+def _gathered(params, modify: bool = False):
+    """Within: the full values of `params` on every rank, also under ZeRO-3 (read-only unless
+    `modify`: then rank 0's changes are kept). Collective under ZeRO-3: every rank must enter with
+    the same parameters. A no-op otherwise."""
     params = [p for p in params if hasattr(p, "ds_id")]  # ZeRO-3 marks the parameters it partitions
     if not params:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(params):
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
         yield
 
 
