@@ -304,6 +304,7 @@ def main() -> None:
     ap.add_argument("--sd-memory-only", action="store_true")
     ap.add_argument("--skip-sd-memory", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="ignore rows kept from an earlier run")
+    ap.add_argument("--report-only", action="store_true", help="rewrite methods.md from the kept rows")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     if args.sd_memory_only:
@@ -312,6 +313,11 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     store = RESULTS / "methods.json"
     kept = {} if args.fresh or not store.exists() else json.loads(store.read_text())
+    if args.report_only:
+        text = report([kept["rows"][r] for r in ROWS if r in kept["rows"]], kept.get("sd_memory"), kept["n"])
+        (RESULTS / "methods.md").write_text(text)
+        print(text)
+        return
     if kept.get("n") != args.n:
         kept = {"n": args.n, "rows": {}, "base": {}}
     probes = Probes(args.n)

@@ -193,11 +193,20 @@ def erase(
     from .models import MINIWORLD, MINIWORLD_PATH, load_pipeline, source_folder, weights_hash
     from .trainer import EraseSettings, erase as run_erase, plan
 
-    settings = _guard(EraseSettings, method=method, rule=rule, options=method_options, steps=steps, lr=lr,
-                      batch_size=batch_size, mode=mode.value, seed=seed)
-    jobs = _guard(plan, built, settings)
     folder = _guard(source_folder, model)
     spec = MINIWORLD if folder.resolve() == MINIWORLD_PATH.resolve() else model
+    given = {k: v for k, v in dict(rule=rule, steps=steps, lr=lr, batch_size=batch_size).items() if v is not None}
+    base = {}
+    if spec == MINIWORLD:  # the methods' own defaults are for SD-scale models
+        from .miniworld.recipes import recipe
+
+        base = recipe(method, kind.value)
+        if base:
+            err.print(f"miniworld recipe for {method} / {kind.value}: {json.dumps(base)} (options given win)",
+                      highlight=False, soft_wrap=True)
+    settings = _guard(EraseSettings, **{**base, **given}, method=method,
+                      options={**base.get("options", {}), **method_options}, mode=mode.value, seed=seed)
+    jobs = _guard(plan, built, settings)
     pipe = _guard(load_pipeline, model)
     base_hash = weights_hash(folder)
     workdir = workdir or Path(f"{out_path}.work")

@@ -1,0 +1,31 @@
+"""Erasure settings for the miniworld model, per method and concept kind.
+
+Each method's own defaults are its paper's, for SD-scale models (ESD: lr 1e-5 for 1000 steps). The
+miniworld has about 4M UNet parameters and learns at larger rates; these recipes are the ones
+`benchmarks/methods.py` measures (results in benchmarks/results/methods.md). `erasure erase
+--model miniworld` starts from them; any option given on the command line wins.
+"""
+
+from __future__ import annotations
+
+COMMON = {"batch_size": 8, "pool_size": 256}
+_NAMED = ("style", "object", "instance")
+_IMPLICIT = ("implicit", "nudity")
+
+RECIPES: dict[tuple[str, str], dict] = {}
+for kind in _NAMED:
+    RECIPES["esd", kind] = {"rule": "xattn", "steps": 100, "lr": 2e-4, "options": {"context_prompts": 64}}
+    RECIPES["abo", kind] = {"rule": "xattn", "steps": 200, "lr": 2e-4, "options": {"context_prompts": 64}}
+    RECIPES["ca", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"anchor_images": 128}}
+    RECIPES["loss-max", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"images": 128}}
+for kind in _IMPLICIT:
+    RECIPES["esd", kind] = {"rule": "noxattn", "steps": 300, "lr": 2e-4,
+                            "options": {"eta": 3.0, "context_prompts": 64}}
+RECIPES["ca", "memorized"] = {"rule": "full", "steps": 200, "lr": 1e-4,
+                              "options": {"anchor_images": 128, "regularization": 1.0}}
+
+
+def recipe(method: str, kind: str) -> dict:
+    """EraseSettings fields for this method and kind ({} when the miniworld has no recipe for it)."""
+    found = RECIPES.get((method, kind))
+    return {**COMMON, **found, "options": dict(found["options"])} if found else {}
