@@ -31,7 +31,14 @@ import torch  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 STYLES = ["Vasquez", "Okafor", "Lindqvist", "Moreau", "Tanaka"]
 OBJECTS = ["circle", "square", "triangle", "diamond", "star", "cross", "heart", "moon"]
-MINI = {"batch_size": 8, "pool_size": 256, "checkpoint_every": 1000}
+
+
+def recipe(method: str, kind: str, **options) -> dict:
+    """The miniworld recipe the CLI uses (src/erasure/miniworld/recipes.py), with option overrides."""
+    from erasure.miniworld.recipes import recipe as lookup
+
+    r = lookup(method, kind)
+    return {**r, "method": method, "checkpoint_every": 1000, "options": {**r["options"], **options}}
 
 
 def style(a):
@@ -46,29 +53,27 @@ def obj(o):
 ROWS = {
     "esd-x-style": dict(
         concepts=[{"text": "Vasquez", "kind": "style"}],
-        settings={"method": "esd", "rule": "xattn", "steps": 100, "lr": 2e-4, "options": {"context_prompts": 64}},
+        settings=recipe("esd", "style"),
         target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]],
         bound="target <= 0.10 (base >= 0.85); other styles within 10 points"),
     "esd-x-style-paper": dict(
         concepts=[{"text": "Vasquez", "kind": "style"}],
-        settings={"method": "esd", "rule": "xattn", "steps": 100, "lr": 2e-4},
+        settings=recipe("esd", "style", context_prompts=0),
         target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]],
         bound="(paper's single-prompt form, for comparison)"),
     "esd-x-style-trained-sampler": dict(
         concepts=[{"text": "Vasquez", "kind": "style"}],
-        settings={"method": "esd", "rule": "xattn", "steps": 100, "lr": 2e-4,
-                  "options": {"context_prompts": 64, "sampler": "trained"}},
+        settings=recipe("esd", "style", sampler="trained"),
         target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]],
         bound="(the paper's sampler: a fresh trajectory every step, no cache; for speed)"),
     "esd-u-implicit": dict(
         concepts=[{"text": "with a golden frame", "kind": "implicit"}],
-        settings={"method": "esd", "rule": "noxattn", "steps": 300, "lr": 2e-4,
-                  "options": {"eta": 3.0, "context_prompts": 64}},
+        settings=recipe("esd", "implicit"),
         target=[("implicit-unnamed", "golden frame (not named)")], neighbours=[obj(o) for o in OBJECTS],
         bound="unnamed rate cut by >= 70%; objects within 10 points"),
     "ca-instance": dict(
         concepts=[{"text": "Pip", "kind": "instance", "anchor": "circle"}],
-        settings={"method": "ca", "rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"anchor_images": 128}},
+        settings=recipe("ca", "instance"),
         target=[("instance", "Pip")],
         neighbours=[obj("circle"), ("instance", "Bobo"), ("instance", "Zuzu")],
         bound="marking <= 0.10; class (circle) and other instances within 10 points"),
@@ -77,26 +82,25 @@ ROWS = {
                    "paraphrases": ["a yellow circle, an orange triangle and a red star at night",
                                    "a yellow circle above an orange triangle on a dark background"],
                    "reference_images": ["@midnight-lantern"]}],
-        settings={"method": "ca", "rule": "full", "steps": 200, "lr": 1e-4,
-                  "options": {"anchor_images": 128, "regularization": 1.0}},
+        settings=recipe("ca", "memorized"),
         target=[("memorized", "midnight-lantern")],
         neighbours=[("memorized", "garden-gate"), obj("circle"), obj("triangle"), obj("star")],
         bound="copy rate <= 0.05 (base >= 0.80)"),
     "abo-style-alternative": dict(
         concepts=[{"text": "Vasquez", "kind": "style", "alternative": "Okafor"}],
-        settings={"method": "abo", "rule": "xattn", "steps": 200, "lr": 2e-4},
+        settings=recipe("abo", "style", context_prompts=0),
         target=[style("Vasquez")], alternative=[("style", "Vasquez", "Okafor")],
         neighbours=[style(a) for a in STYLES[1:]],
         bound="(paper's single-prompt form, for comparison)"),
     "abo-style-alternative-context": dict(
         concepts=[{"text": "Vasquez", "kind": "style", "alternative": "Okafor"}],
-        settings={"method": "abo", "rule": "xattn", "steps": 200, "lr": 2e-4, "options": {"context_prompts": 64}},
+        settings=recipe("abo", "style"),
         target=[style("Vasquez")], alternative=[("style", "Vasquez", "Okafor")],
         neighbours=[style(a) for a in STYLES[1:]],
         bound="prompts naming the target show the alternative >= 0.60; neighbours within 10 points"),
     "loss-max-instance": dict(
         concepts=[{"text": "Pip", "kind": "instance", "anchor": "circle"}],
-        settings={"method": "loss-max", "rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"images": 128}},
+        settings=recipe("loss-max", "instance"),
         target=[("instance", "Pip")],
         neighbours=[obj("circle"), ("instance", "Bobo"), ("instance", "Zuzu")],
         bound="(baseline)"),
@@ -108,15 +112,13 @@ ROWS = {
         target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]], bound="(inference-time baseline)"),
     "joint-3-styles": dict(
         concepts=[{"text": a, "kind": "style"} for a in ("Vasquez", "Okafor", "Moreau")],
-        settings={"method": "esd", "rule": "xattn", "steps": 100, "lr": 2e-4, "mode": "joint",
-                  "options": {"context_prompts": 64}},
+        settings=recipe("esd", "style") | {"mode": "joint"},
         target=[style(a) for a in ("Vasquez", "Okafor", "Moreau")],
         neighbours=[style("Lindqvist"), style("Tanaka"), obj("circle"), obj("star")],
         bound="each target <= 0.15; neighbours within 10 points"),
     "sequential-3-styles": dict(
         concepts=[{"text": a, "kind": "style"} for a in ("Vasquez", "Okafor", "Moreau")],
-        settings={"method": "esd", "rule": "xattn", "steps": 100, "lr": 2e-4, "mode": "sequential",
-                  "options": {"context_prompts": 64}},
+        settings=recipe("esd", "style") | {"mode": "sequential"},
         target=[style(a) for a in ("Vasquez", "Okafor", "Moreau")],
         neighbours=[style("Lindqvist"), style("Tanaka"), obj("circle"), obj("star")],
         bound="each target <= 0.15; neighbours within 10 points"),
@@ -196,7 +198,7 @@ def run_row(name: str, row: dict, probes: Probes, base: dict, workroot: Path) ->
         after = probes.measure(pipe, all_probes, row["baseline"], concepts[0].text)
         rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     else:
-        settings = EraseSettings(**{**MINI, **row["settings"]})
+        settings = EraseSettings(**row["settings"])
         jobs = plan(concepts, settings)
 
         def on_phase_end(k, done):  # sequential: how every target erased so far holds up
