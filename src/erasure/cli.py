@@ -177,6 +177,7 @@ def erase(
     seed: Annotated[int, typer.Option(help="Seeds every random draw: same seed and settings, same delta.")] = 0,
     workdir: Annotated[Optional[Path], typer.Option(
         help="Pools and checkpoints; a rerun resumes from here (default: <out>.work).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 50,
 ):
     """Fine-tune the model so that it stops generating the concept(s); write the change as a delta file.
 
@@ -205,7 +206,8 @@ def erase(
             err.print(f"miniworld recipe for {method} / {kind.value}: {json.dumps(base)} (options given win)",
                       highlight=False, soft_wrap=True)
     settings = _guard(EraseSettings, **{**base, **given}, method=method,
-                      options={**base.get("options", {}), **method_options}, mode=mode.value, seed=seed)
+                      options={**base.get("options", {}), **method_options}, mode=mode.value, seed=seed,
+                      checkpoint_every=checkpoint_every)
     jobs = _guard(plan, built, settings)
     pipe = _guard(load_pipeline, model)
     base_hash = weights_hash(folder)
