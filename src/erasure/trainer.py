@@ -25,6 +25,7 @@ from typing import Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import methods as method_registry
@@ -32,7 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .concept import Concept, ConceptError, check_encodable
 from .delta import save_delta
 from .editable import EditableModel
-from .io import atomic_file
+from .io import atomic_file, save_safetensors
 from .methods.base import Bench, Options, Pool
 from .params import RULES, UNET_RULES, select_unet
 
@@ -201,9 +202,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         start = workdir / "phases" / str(k) / "start.safetensors"
         if any(method_registry.get(j.method).needs_frozen(j.options) for j in phase):
             if resuming:  # eps* is the model as this phase found it, not as the checkpoint left it
-                _copy_into(trainable, _load_tensors(start))
+                _copy_into(trainable, load_file(str(start)))
             else:
-                _save_main(accelerator, lambda p: _save_tensors(trainable, p), start)
+                _save_main(accelerator, lambda p: save_safetensors({k: v.detach() for k, v in trainable.items()}, p), start)
             bench.snapshot_frozen()
         t0 = time.time()
         pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
@@ -347,18 +348,6 @@ def _gathered(params, modify: bool = False):
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
         yield
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from .io import save_safetensors
-
-    save_safetensors({k: v.detach().contiguous().clone() for k, v in tensors.items()}, path)
-
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def _copy_into(params: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
