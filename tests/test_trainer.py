@@ -106,6 +106,24 @@ def test_joint_and_sequential_with_two_concepts(tiny_pipeline_dir, tmp_path):
     assert (tmp_path / "sequential" / "phases" / "1").is_dir()  # phase 2's pool was built after phase 1
 
 
+def test_added_concept_trains_only_its_phase_and_matches_a_run_from_scratch(tiny_pipeline_dir, tmp_path):
+    settings = _settings(steps=3, mode="sequential")
+    bird = Concept(text="bird", kind="style")
+    cache = tmp_path / "phases"
+    first = _erase(tiny_pipeline_dir, tmp_path / "w1", settings, (CAT, DOG), tmp_path / "two.safetensors",
+                   phase_cache=cache)
+    assert first.phases_from_cache == 0 and first.steps_run == 6
+    grown = _erase(tiny_pipeline_dir, tmp_path / "w2", settings, (CAT, DOG, bird), tmp_path / "three.safetensors",
+                   phase_cache=cache)
+    assert grown.phases_from_cache == 2 and grown.steps_run == 3  # only the added concept trained
+    _erase(tiny_pipeline_dir, tmp_path / "w3", settings, (CAT, DOG, bird), tmp_path / "scratch.safetensors")
+    _assert_equal(_tensors(tmp_path / "three.safetensors"), _tensors(tmp_path / "scratch.safetensors"))
+    # A changed earlier concept invalidates every phase from it on.
+    other = _erase(tiny_pipeline_dir, tmp_path / "w4", settings, (DOG, CAT), tmp_path / "x.safetensors",
+                   phase_cache=cache)
+    assert other.phases_from_cache == 0
+
+
 def test_a_workdir_with_other_settings_is_refused(tiny_pipeline_dir, tmp_path):
     _erase(tiny_pipeline_dir, tmp_path / "work", _settings(steps=2), out=tmp_path / "a.safetensors")
     out = tmp_path / "b.safetensors"

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import methods as method_registry
 from .checkpoint import load_checkpoint, save_checkpoint
 from .concept import Concept, ConceptError, check_encodable
-from .delta import save_delta
+from .delta import apply_delta, load_delta, save_delta
 from .editable import EditableModel
 from .io import atomic_file, save_safetensors
 from .methods.base import Bench, Options, Pool
@@ -93,6 +93,7 @@ class EraseResult:
     steps_run: int = 0
     peak_rss_mb: float = 0.0
     trainable_params: int = 0
+    phases_from_cache: int = 0  # leading phases whose result came from `phase_cache`
 
     @property
     def seconds_per_step(self) -> float:
@@ -154,8 +155,14 @@ def check_prompts(tokenizer, jobs: list[Job]) -> None:
 def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Path | None = None, *,
           model_spec: str = "miniworld", base_hash: str | None = None,
           on_phase_end: Callable[[int, list[Job]], dict] | None = None, progress: bool = True,
-          stop_after: int | None = None) -> EraseResult:
-    """Train the erasure; write the delta to `out` (atomically). `stop_after` ends early (tests)."""
+          stop_after: int | None = None, phase_cache: Path | None = None) -> EraseResult:
+    """Train the erasure; write the delta to `out` (atomically). `stop_after` ends early (tests).
+
+    `phase_cache`: a folder of finished phases keyed by everything that determines them (base model
+    hash, settings, the jobs of this phase and all before it). A run whose first phases match a
+    cached prefix starts after it, so adding a concept to a sequential run trains only that concept,
+    and ends in the same weights as a run from scratch.
+    """
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise ValueError("erasure training supports pipelines with one text encoder (SD 1.x / 2.x); "
                          "SDXL's second encoder and added conditioning are not supported yet")
@@ -168,6 +175,17 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             raise ValueError(f"method {j.method!r} with these options keeps originals of the trained tensors, "
                              "which ZeRO partitions: use zero_stage 0 (or ESD's default frozen sampler)")
     workdir = Path(workdir)
+    phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
+    if phase_cache is not None and not base_hash:
+        raise ValueError("phase_cache needs the base model's weights hash (base_hash) to key its entries")
+    keys = [_phase_key(base_hash, settings, phases[:k + 1]) for k in range(len(phases))] if phase_cache else []
+    cached = None
+    if phase_cache is not None and not (workdir / "checkpoint").exists():
+        cached = next((k for k in reversed(range(len(phases))) if (Path(phase_cache) / f"{keys[k]}.safetensors").exists()),
+                      None)
+        if cached is not None:  # into the plain pipeline, before any wrapper takes its copy
+            tensors, meta = load_delta(Path(phase_cache) / f"{keys[cached]}.safetensors")
+            apply_delta(pipe, tensors, meta, None)
     accelerator = _accelerator(settings, max(j.batch_size for j in jobs))
     rules = sorted({j.rule for j in jobs})
     token_ids = sorted({i for j in jobs if j.rule == "embedding"
@@ -183,13 +201,15 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     result = EraseResult(None, jobs, trainable_params=sum(p.numel() for p in trainable.values()))
 
     _claim_workdir(workdir, jobs, settings, base_hash, accelerator)
-    phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
     j0 = phases[0][0]
     optimizer = torch.optim.AdamW(trainable.values(), lr=j0.lr, weight_decay=j0.weight_decay)
     ckpt = workdir / "checkpoint"
     state = {"phase": 0, "step": 0, "history": [], "losses": []}
     if ckpt.exists():  # weights go in before prepare: DeepSpeed takes its own copy there
         state = load_checkpoint(ckpt, {"model": trainable}, None)["extra"]
+    elif cached is not None:
+        state.update(phase=cached + 1, history=meta["params"]["history"])
+        result.phases_from_cache = cached + 1
     if settings.zero_stage == 3:
         _zero3_external(model.text_encoder)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -249,6 +269,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                                      **on_phase_end(k, [j for p in phases[:k + 1] for j in p])})
         state["phase"], state["step"] = k + 1, 0
         _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
+        if phase_cache is not None:
+            _store_phase(accelerator, model, Path(phase_cache) / f"{keys[k]}.safetensors", phases[:k + 1], state,
+                         base_hash)
     if out is not None:
         with _gathered([*trainable.values(), *([model.patched.base.weight] if model.patched is not None else [])]):
             tensors = model.delta_tensors()  # copies, taken while ZeRO-3's partitions are gathered
@@ -260,6 +283,32 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                                                       base_hash=base_hash or ""), Path(out))
         result.delta = Path(out)
     return _finish(result, state, model)
+
+
+def _phase_key(base_hash: str, settings: EraseSettings, phases: list[list[Job]]) -> str:
+    """What determines a phase's end weights: the base, the settings that shape training, and every
+    job up to it (reference images by content, since a path may be rewritten in place)."""
+    jobs = []
+    for phase in phases:
+        for j in phase:
+            d = j.describe()
+            d["concept"]["reference_images"] = [hashlib.sha256(Path(r).read_bytes()).hexdigest()
+                                                for r in j.concept.reference_images]
+            jobs.append(d)
+    spec = {"base_hash": base_hash, "settings": settings.model_dump(mode="json", exclude={"checkpoint_every"}),
+            "phases": [len(p) for p in phases], "jobs": jobs}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _store_phase(accelerator, model: EditableModel, path: Path, done: list[list[Job]], state: dict,
+                 base_hash: str) -> None:
+    with _gathered([*model.trainable().values(), *([model.patched.base.weight] if model.patched is not None else [])]):
+        tensors = model.delta_tensors()
+    params = {"history": state["history"], "jobs": [j.describe() for p in done for j in p]}
+    _save_main(accelerator, lambda p: save_delta(p, tensors, method=",".join(dict.fromkeys(j.method for p in done for j in p)),
+                                                  params=params, concepts=[j.concept.model_dump(mode="json")
+                                                                           for p in done for j in p],
+                                                  base_hash=base_hash), path)
 
 
 def _finish(result: EraseResult, state: dict, model: EditableModel) -> EraseResult:
