@@ -100,8 +100,13 @@ class EraseResult:
         return self.seconds_train / max(self.steps_run, 1)
 
 
-def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | None] | None = None) -> list[Job]:
-    """Resolve each concept's method, rule, options and schedule; reject impossible combinations."""
+def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | None] | None = None,
+         overrides: list[dict] | None = None) -> list[Job]:
+    """Resolve each concept's method, rule, options and schedule; reject impossible combinations.
+
+    `overrides[i]`: EraseSettings fields for concept i alone (rule, steps, lr, batch_size,
+    weight_decay, pool_size, and `options` merged over the run's), e.g. a recipe per concept kind.
+    """
     if not concepts:
         raise ConceptError("no concepts to erase")
     seen = set()
@@ -110,11 +115,19 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
             raise ConceptError(f"concept {c.text!r} is listed twice")
         seen.add(c.text.lower())
     jobs = []
+    base = settings
     for i, concept in enumerate(concepts):
-        name = (methods[i] if methods else None) or settings.method
+        name = (methods[i] if methods else None) or base.method
+        own = dict(overrides[i]) if overrides else {}
+        extra = own.pop("options", {})
+        unknown = set(own) - {"rule", "steps", "lr", "batch_size", "weight_decay", "pool_size"}
+        if unknown:
+            raise ValueError(f"settings for concept {concept.text!r}: unknown field(s) {', '.join(sorted(unknown))}; "
+                             "expected rule, steps, lr, batch_size, weight_decay, pool_size, options")
+        settings = EraseSettings(**{**base.model_dump(), **own})
         method = method_registry.get(name)
         try:
-            options = method.Options(**_options_for(name, settings.options))
+            options = method.Options(**{**_options_for(name, base.options), **extra})
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ValueError(f"options for method {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -128,7 +141,7 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         jobs.append(Job(concept, name, rule, options, steps, d.lr if settings.lr is None else settings.lr, batch,
                         d.weight_decay if settings.weight_decay is None else settings.weight_decay,
                         settings.pool_size if settings.pool_size is not None else min(steps * batch, MAX_POOL)))
-    if settings.mode == "joint":
+    if base.mode == "joint":
         keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs}
         if len(keys) > 1:
             raise ValueError("joint mode trains every concept with one optimizer: lr, batch size and weight decay "

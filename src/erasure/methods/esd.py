@@ -16,7 +16,9 @@ circle, in the style of X") replace c and "": eps_theta(x_t, f_i) -> eps*(p_i) -
 eps*(p_i)), x_t from trajectories of f_i. The negative guidance is taken relative to the same
 scene without the concept instead of the empty prompt. For implicit kinds (nudity, an attribute
 that appears unprompted) it is the "erase from" form with f = each scene prompt p_i as users write
-it: eps_theta(x_t, p_i) -> eps*(p_i) - eta * (eps*(c) - eps*("")), x_t from trajectories of p_i. Why: a small text encoder encodes a name
+it: eps_theta(x_t, p_i) -> eps*(p_i) - eta * (eps*(c) - eps*("")), x_t from trajectories of p_i;
+`implicit_direction="scene"` takes the direction inside the scene instead: eps*(f_i) - eps*(p_i).
+Why: a small text encoder encodes a name
 differently in context than alone, and the paper's single-prompt form then does not reach the
 prompts users write (measured on the miniworld: see benchmarks/results/methods.md).
 """
@@ -40,6 +42,9 @@ class ESDOptions(Options):
     ddim_steps: int = 50
     guidance: float = 3.0
     context_prompts: int = 0
+    # Implicit kinds in context: the direction to guide away from. "concept": eps*(c) - eps*("")
+    # (the concept alone); "scene": eps*(f_i) - eps*(p_i) (the concept named inside each scene).
+    implicit_direction: Literal["concept", "scene"] = "concept"
 
 
 class ESD:
@@ -83,8 +88,12 @@ class ESD:
             if concept.kind in ("implicit", "nudity"):
                 # Appears without being named: "erase from" each scene prompt p_i users write,
                 # with the concept's own direction eps*(c) - eps*("").
-                conds = {"c": bench.encode([concept.text]), "u": empty, "base": p, "train": p, "empty": empty}
-                rows = {"base_idx": pick, "train_idx": pick.clone()}
+                if options.implicit_direction == "scene":
+                    conds = {"c": f, "u": p, "base": p, "train": p, "empty": empty}
+                    rows = {f"{k}_idx": pick.clone() for k in ("c", "u", "base", "train")}
+                else:
+                    conds = {"c": bench.encode([concept.text]), "u": empty, "base": p, "train": p, "empty": empty}
+                    rows = {"base_idx": pick, "train_idx": pick.clone()}
             else:
                 conds = {"c": f, "u": p, "base": p, "train": f, "empty": empty}
                 rows = {f"{k}_idx": pick.clone() for k in ("c", "u", "base", "train")}

@@ -1,0 +1,178 @@
+"""Evaluation prompt sets for a blocklisted concept on the miniworld, and how the detector reads each.
+
+Per concept: the target (prompts naming it; for an implicit attribute, prompts that do not name
+it), paraphrases and a misspelling of its name, neighbours (concepts of the same kind that are not
+blocklisted, and its anchor), plus generic prompts shared by all concepts (drift and FID). Prompts
+use the held-out caption templates, never the training ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..concept import ConceptError
+from .concepts import IMPLICIT, IMPLICIT_PHRASE, INSTANCES, MEMORIZED, OBJECTS, STYLES
+from .render import Scene, render
+from .world import caption, sample_scene, scene_rng
+
+MAX_NEIGHBOURS = 4
+
+
+@dataclass
+class Probe:
+    name: str  # target | paraphrase | misspelling | named | neighbour:<x> | anchor:<x>
+    prompts: list[str]
+    seeds: list[int]
+    head: str  # a detector head, or "copy" (similarity to `label`, a reference image path)
+    label: str
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def misspell(text: str) -> str:
+    """Swap two letters in the middle of the longest word: 'Vasquez' -> 'Vaqsuez'."""
+    words = text.split(" ")
+    k = max(range(len(words)), key=lambda i: len(words[i]))
+    w = words[k]
+    if len(w) < 4:
+        return text + text[-1]
+    i = len(w) // 2
+    swapped = w[:i - 1] + w[i] + w[i - 1] + w[i + 1:]
+    words[k] = swapped if swapped != w else w[:i] + w[i + 1:]
+    return " ".join(words)
+
+
+def _scenes(n: int, seed: int, blocked: set[str], **force) -> list[Scene]:
+    """Ordinary scenes (no instance, no memorized image, no blocklisted style) with fields forced."""
+    out, i = [], 0
+    while len(out) < n:
+        s = sample_scene(scene_rng(seed, i))
+        i += 1
+        if s.memorized or s.instance or s.style.casefold() in blocked or s.object.casefold() in blocked:
+            continue
+        out.append(dataclasses.replace(s, **force))
+    return out
+
+
+def _captions(scenes: list[Scene], seed: int, **kw) -> list[str]:
+    rng = np.random.default_rng([seed, 99])
+    return [caption(s, rng, held_out=True, **kw) for s in scenes]
+
+
+def _seeds(seed: int, salt: int, n: int) -> list[int]:
+    return [seed * 1_000_003 + salt * 10_007 + i for i in range(n)]
+
+
+def _variants(name: str, target: list[str], text: str, paraphrases: list[str], misspellings: int,
+              seeds: list[int], head: str, label: str) -> list[Probe]:
+    """Paraphrase and misspelling probes: the target prompts with the concept's words replaced."""
+    out = []
+    if paraphrases:
+        prompts = [p.replace(text, paraphrases[i % len(paraphrases)]) for i, p in enumerate(target)]
+        out.append(Probe("paraphrase", prompts, seeds, head, label))
+    if misspellings:
+        wrong = misspell(text)
+        out.append(Probe("misspelling", [p.replace(text, wrong) for p in target], seeds, head, label,
+                         {"spelling": wrong}))
+    return out
+
+
+def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[str], eval_prompts: list[str],
+               reference_images: list[Path], blocked: set[str], n: int, seed: int,
+               misspellings: int = 1) -> list[Probe]:
+    """Every probe of one concept (the first is the target). Raises ConceptError for a concept the
+    miniworld detector cannot read."""
+    blocked = {b.casefold() for b in blocked}
+    salt = sum(map(ord, text)) % 997
+    seeds = _seeds(seed, salt, n)
+
+    def named(prompts: list[str]) -> list[str]:
+        return [eval_prompts[i % len(eval_prompts)] for i in range(n)] if eval_prompts else prompts
+
+    if kind == "style":
+        artist = _known(text, list(STYLES), kind)
+        target = named(_captions(_scenes(n, seed + salt, blocked, style=artist, frame=False), seed, name_frame=False))
+        probes = [Probe("target", target, seeds, "style", artist)]
+        probes += _variants("style", target, text, paraphrases, misspellings, seeds, "style", artist)
+        others = [a for a in STYLES if a.casefold() not in blocked][:MAX_NEIGHBOURS]
+        for k, a in enumerate(others):
+            sc = _scenes(n, seed + 200 + k, blocked, style=a, frame=False)
+            probes.append(Probe(f"neighbour:{a}", _captions(sc, seed, name_frame=False), _seeds(seed, 200 + k, n),
+                                "style", a))
+        return probes
+    if kind == "object":
+        obj = _known(text, list(OBJECTS), kind)
+        target = named(_captions(_scenes(n, seed + salt, set(), object=obj, frame=False), seed, name_frame=False))
+        probes = [Probe("target", target, seeds, "object", obj)]
+        probes += _variants("object", target, text, paraphrases, misspellings, seeds, "object", obj)
+        others = [o for o in OBJECTS if o.casefold() not in blocked][:MAX_NEIGHBOURS]
+        return probes + [_object_probe(o, seed, 300 + k, n, blocked) for k, o in enumerate(others)]
+    if kind == "instance":
+        name = _known(text, list(INSTANCES), kind)
+        rng_seed = seed + salt
+        target = named(_captions([Scene(instance=name, style="") for _ in range(n)], rng_seed, name_frame=False))
+        probes = [Probe("target", target, seeds, "instance", name)]
+        probes += _variants("instance", target, text, paraphrases, misspellings, seeds, "instance", name)
+        if anchor and anchor in OBJECTS:  # the class must still be drawn
+            probes.append(_object_probe(anchor, seed, 400, n, blocked, prefix="anchor"))
+        others = [i for i in INSTANCES if i.casefold() not in blocked][:MAX_NEIGHBOURS]
+        for k, other in enumerate(others):
+            prompts = _captions([Scene(instance=other, style="") for _ in range(n)], seed + 410 + k, name_frame=False)
+            probes.append(Probe(f"neighbour:{other}", prompts, _seeds(seed, 410 + k, n), "instance", other))
+        return probes
+    if kind in ("implicit", "nudity"):
+        if IMPLICIT not in text.casefold():
+            raise ConceptError(f"concept {text!r} ({kind}): the miniworld's implicit attribute is the "
+                               f"{IMPLICIT!r} (named by {IMPLICIT_PHRASE!r}); expected a concept naming it")
+        # Efficacy is read where the attribute is not asked for: how often it still appears.
+        unnamed = _captions(_scenes(n, seed + salt, blocked), seed, name_frame=False)
+        probes = [Probe("target", unnamed, seeds, "frame", "yes", {"named": False})]
+        asked = named(_captions(_scenes(n, seed + salt + 1, blocked, frame=True), seed, name_frame=True))
+        probes.append(Probe("named", asked, _seeds(seed, salt + 1, n), "frame", "yes", {"named": True}))
+        probes += _variants("implicit", asked, IMPLICIT_PHRASE if IMPLICIT_PHRASE in asked[0] else text, paraphrases,
+                            misspellings, _seeds(seed, salt + 1, n), "frame", "yes")
+        others = [o for o in OBJECTS if o.casefold() not in blocked][:MAX_NEIGHBOURS]
+        return probes + [_object_probe(o, seed, 500 + k, n, blocked) for k, o in enumerate(others)]
+    if kind == "memorized":
+        if not reference_images:
+            raise ConceptError(f"concept {text!r} (memorized): expected reference_images to measure copies against")
+        ref = str(reference_images[0])
+        target = named([text] * n)
+        probes = [Probe("target", target, seeds, "copy", ref)]
+        if paraphrases:
+            probes.append(Probe("paraphrase", [paraphrases[i % len(paraphrases)] for i in range(n)], seeds, "copy", ref))
+        if misspellings:
+            probes.append(Probe("misspelling", [misspell(text)] * n, seeds, "copy", ref, {"spelling": misspell(text)}))
+        for k, m in enumerate(MEMORIZED.values()):
+            if m.caption.casefold() in blocked or m.caption.casefold() == text.casefold():
+                continue
+            probes.append(Probe(f"neighbour:{m.key}", [m.caption] * n, _seeds(seed, 600 + k, n), "copy", f"@{m.key}"))
+        return probes
+    raise ConceptError(f"concept {text!r}: kind {kind!r} has no miniworld probes")
+
+
+def _object_probe(obj: str, seed: int, salt: int, n: int, blocked: set[str], prefix: str = "neighbour") -> Probe:
+    sc = _scenes(n, seed + salt, blocked, object=obj, frame=False, style="")
+    return Probe(f"{prefix}:{obj}", _captions(sc, seed, name_frame=False), _seeds(seed, salt, n), "object", obj)
+
+
+def _known(text: str, names: list[str], kind: str) -> str:
+    for name in names:
+        if name.casefold() == text.casefold():
+            return name
+    raise ConceptError(f"concept {text!r} ({kind}): the miniworld detector cannot read it; expected one of "
+                       f"{', '.join(names)}")
+
+
+def generic(n: int, seed: int, blocked: set[str]) -> tuple[list[str], list[int], np.ndarray]:
+    """Prompts naming no blocklisted concept, their seeds, and the world's true renders of them (FID)."""
+    scenes = _scenes(n, seed + 700, blocked)
+    rng = np.random.default_rng([seed, 701])
+    prompts = [caption(s, rng, held_out=True, name_frame=False) for s in scenes]
+    return prompts, _seeds(seed, 700, n), np.stack([render(s) for s in scenes])

@@ -1,0 +1,37 @@
+"""Stage 2, anchors: the anchor each concept is mapped onto, and why (see erasure/anchors.py)."""
+
+from __future__ import annotations
+
+import json
+
+from ..anchors import choose, text_embedder
+from ..config import PipelineParams
+from ..io import atomic_dir
+from . import inputs
+
+
+def run(params: PipelineParams) -> dict:
+    entries = inputs.entries(params)
+    embed = None
+
+    def lazy_embed(texts):  # the text encoder loads only when a choice needs it
+        nonlocal embed
+        if embed is None:
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            from ..models import source_folder
+
+            folder = source_folder(params.model)
+            embed = text_embedder(CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                                  CLIPTextModel.from_pretrained(folder / "text_encoder"))
+        return embed(texts)
+
+    chosen = {}
+    for e in entries:
+        c = choose(e["concept"], e["kind"], inputs.method_for(params, e), anchor=e.get("anchor"),
+                   paraphrases=e.get("paraphrases") or [], candidates=params.anchors.candidates.get(e["kind"], []),
+                   no_anchor_methods=params.anchors.none_for_methods, embed=lazy_embed)
+        chosen[e["concept"]] = c.as_dict()
+    with atomic_dir(params.paths.stage("anchors")) as tmp:
+        (tmp / "anchors.json").write_text(json.dumps({"anchors": chosen}, indent=1, sort_keys=True))
+    return {c: a["anchor"] for c, a in chosen.items()}

@@ -1,0 +1,69 @@
+"""Stage 4, erase: every blocklisted concept out of the base model, jointly or one after another.
+
+Recipes (EraseSettings fields per "<method>/<kind>") come from params.yaml. A run works in a
+folder keyed by everything that determines it, so a killed run resumes from its last checkpoint;
+finished phases are kept in a cache, so a sequential run after adding one concept trains only it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from ..config import PipelineParams
+from ..io import atomic_dir
+from ..trainer import EraseSettings, erase, plan
+from . import inputs
+
+
+def jobs_and_settings(params: PipelineParams):
+    entries = inputs.entries(params)
+    anchors = inputs.anchors(params)
+    e = params.erase
+    settings = EraseSettings(method="esd", mode=e.mode, seed=e.seed, checkpoint_every=e.checkpoint_every,
+                             mixed_precision=e.mixed_precision, gradient_checkpointing=e.gradient_checkpointing,
+                             zero_stage=e.zero_stage)
+    concepts = [inputs.concept(x, anchors[x["concept"]]["anchor"]) for x in entries]
+    methods = [inputs.method_for(params, x) for x in entries]
+    overrides = [dict(e.recipes.get(f"{m}/{x['kind']}", {})) for m, x in zip(methods, entries)]
+    return plan(concepts, settings, methods, overrides), settings
+
+
+def run(params: PipelineParams, stop_after: int | None = None, progress: bool = True) -> dict:
+    from ..models import load_pipeline, source_folder, weights_hash
+
+    jobs, settings = jobs_and_settings(params)
+    pipe = load_pipeline(params.model)
+    base_hash = weights_hash(source_folder(params.model))
+    spec = json.dumps({"jobs": [j.describe() for j in jobs], "settings": settings.model_dump(mode="json"),
+                       "base": base_hash}, sort_keys=True)
+    workdir = params.paths.cache / "erase" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    out_dir = params.paths.stage("erase")
+    t0 = time.time()
+    with atomic_dir(out_dir) if stop_after is None else _nowhere() as tmp:
+        result = erase(pipe, jobs, settings, workdir, None if tmp is None else tmp / "delta.safetensors",
+                       model_spec=params.model, base_hash=base_hash, progress=progress, stop_after=stop_after,
+                       phase_cache=params.paths.cache / "phases")
+        summary = {"concepts": [j.concept.text for j in jobs], "mode": settings.mode,
+                   "jobs": [j.describe() | {"concept": j.concept.text} for j in jobs],
+                   "steps_run": result.steps_run, "phases_from_cache": result.phases_from_cache,
+                   "trainable_params": result.trainable_params, "history": result.history}
+        if tmp is not None:
+            timing = {"seconds": round(time.time() - t0, 1), "seconds_pool": round(result.seconds_pool, 1),
+                      "seconds_train": round(result.seconds_train, 1), "steps_run": result.steps_run,
+                      "phases_from_cache": result.phases_from_cache, "workdir": str(workdir)}
+            # Timings differ run to run: kept apart from train.json, which DVC and releases hash.
+            (tmp / "train.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+            (tmp / "timing.json").write_text(json.dumps(timing, indent=1, sort_keys=True))
+    return summary
+
+
+class _nowhere:
+    """`stop_after` (tests, kill-and-resume): train part-way, publish nothing."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

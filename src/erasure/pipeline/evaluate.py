@@ -1,0 +1,114 @@
+"""Stage 5, evaluate: per concept, presence before and after erasure on every probe; drift and FID
+on generic prompts; everything to MLflow (one parent run, one nested run per concept).
+
+Before-images come from the generate stage; after-images are drawn by the erased model (through
+the same content-addressed cache, keyed by the erased weights). The miniworld detector reads both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from ..cache import ImageCache
+from ..config import PipelineParams
+from ..delta import apply_delta, load_delta
+from ..io import atomic_dir, atomic_file
+from ..sampling import grid
+from . import inputs
+from .generate import GENERIC, model_and_cache
+
+GRID_IMAGES = 16
+
+
+def erased_model(params: PipelineParams):
+    """The base pipeline with the erase stage's delta applied, and a cache keyed by its weights."""
+    delta = params.paths.stage("erase") / "delta.safetensors"
+    if not delta.is_file():
+        raise inputs.StageInputError(f"{delta}: missing; run the 'erase' stage first")
+    tensors, meta = load_delta(delta)
+    pipe, base_hash, _ = model_and_cache(params)
+    apply_delta(pipe, tensors, meta, base_hash)
+    g = params.generate
+    erased_hash = f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}"
+    return pipe, base_hash, ImageCache(params.paths.cache / "images", erased_hash, g.steps, g.guidance, g.batch_size)
+
+
+def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector, grids_dir) -> dict:
+    from ..evaluate import presence, summarize
+
+    folder = params.paths.stage("generate") / inputs.slug(entry["concept"])
+    record = inputs.read_json(folder / "probes.json", "generate")
+    before = np.load(folder / "before.npz")
+    probes = {}
+    after_images = {}
+    for p in record["probes"]:
+        after = cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
+        after_images[p["name"]] = after
+        probes[p["name"]] = {"before": presence(detector, before[p["name"]], p), "after": presence(detector, after, p),
+                             "n": len(p["prompts"]), "example_prompt": p["prompts"][0]}
+    s = inputs.slug(entry["concept"])
+    target = record["probes"][0]["name"]
+    grid(before[target][:GRID_IMAGES], cols=8, zoom=3).save(grids_dir / f"{s}-before.png")
+    grid(after_images[target][:GRID_IMAGES], cols=8, zoom=3).save(grids_dir / f"{s}-after.png")
+    return {"kind": entry["kind"], "method": record["method"], "anchor": record["anchor"], "slug": s,
+            "probes": probes, "summary": summarize(probes),
+            "grids": {"before": f"grids/{s}-before.png", "after": f"grids/{s}-after.png"}}
+
+
+def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
+    from ..evaluate import drift, fid
+
+    folder = params.paths.stage("generate") / GENERIC
+    record = inputs.read_json(folder / "probes.json", "generate")
+    data = np.load(folder / "before.npz")
+    after = cache.images(pipe, record["prompts"], record["seeds"], desc="generic prompts")
+    return {"generic_drift": drift(data["generic"], after), "fid_base": fid(detector, data["real"], data["generic"]),
+            "fid_erased": fid(detector, data["real"], after), "n_generic": len(after)}
+
+
+def run(params: PipelineParams, track: bool = True) -> dict:
+    from ..detectors.miniworld import MiniworldDetector
+
+    entries = inputs.entries(params)
+    pipe, base_hash, cache = erased_model(params)
+    detector = MiniworldDetector.load()
+    out = params.paths.stage("evaluate")
+    with atomic_dir(out) as tmp:
+        (tmp / "grids").mkdir()
+        concepts = {e["concept"]: evaluate_concept(params, e, pipe, cache, detector, tmp / "grids") for e in entries}
+        metrics = {"model": params.model, "base_hash": base_hash, "images_per_probe": params.generate.images_per_probe,
+                   "concepts": concepts, "global": evaluate_generic(params, pipe, cache, detector)}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        (tmp / "summary.json").write_text(json.dumps(_flat(metrics), indent=1, sort_keys=True))  # dvc metrics
+    if track:  # after the folder is in place: MLflow's artifacts are copies of published files
+        from ..tracking import log_pipeline
+
+        run_id = log_pipeline(params, metrics, out, _train(params), _previous_metrics(params))
+        with atomic_file(params.paths.cache / "mlflow-run.json") as fh:
+            json.dump({"run_id": run_id, "uri": params.tracking.uri, "experiment": params.tracking.experiment}, fh)
+    return metrics
+
+
+def _flat(metrics: dict) -> dict:
+    out = {k: v for k, v in metrics["global"].items()}
+    for c in metrics["concepts"].values():
+        for k, v in c["summary"].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"{c['slug']}.{k}"] = v
+    return out
+
+
+def _train(params: PipelineParams) -> dict | None:
+    path = params.paths.stage("erase") / "train.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _previous_metrics(params: PipelineParams) -> dict | None:
+    latest = params.paths.releases / "LATEST"
+    if not latest.is_file():
+        return None
+    path = params.paths.releases / latest.read_text().strip() / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,82 @@
+"""Stage 3, generate: per concept, its evaluation prompt sets and the base model's images of them;
+plus generic prompts (no blocklisted concept) with the world's true renders, for drift and FID.
+
+Images come from the content-addressed cache (erasure/cache.py): a re-run, or a run after adding
+one concept, draws only images it has not drawn before.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from ..cache import ImageCache
+from ..config import PipelineParams
+from ..io import atomic_dir
+from ..miniworld import probes as world_probes
+from ..prompts import anchor_prompts
+from . import inputs
+
+GENERIC = "_generic"
+
+
+def model_and_cache(params: PipelineParams):
+    """The base pipeline, its weights hash, and the image cache for it."""
+    from ..models import load_pipeline, source_folder, weights_hash
+
+    if params.model != "miniworld" and params.evaluate.detector == "miniworld":
+        raise ValueError(f"model {params.model!r}: evaluate.detector 'miniworld' reads only the miniworld model's "
+                         "images; no detector for other models is configured yet")
+    pipe = load_pipeline(params.model)
+    base_hash = weights_hash(source_folder(params.model))
+    g = params.generate
+    return pipe, base_hash, ImageCache(params.paths.cache / "images", base_hash, g.steps, g.guidance,
+                                       g.batch_size)
+
+
+def concept_probes(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]):
+    return world_probes.probes_for(
+        entry["concept"], entry["kind"], anchor=anchor, paraphrases=entry.get("paraphrases") or [],
+        eval_prompts=entry.get("eval_prompts") or [], reference_images=entry.get("reference_images") or [],
+        blocked=blocked, n=params.generate.images_per_probe, seed=params.seed,
+        misspellings=params.generate.misspellings)
+
+
+def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str], pipe, cache) -> dict:
+    """One concept's folder: probes.json and before.npz (base-model images per probe)."""
+    probes = concept_probes(params, entry, anchor, blocked)
+    images = {p.name: cache.images(pipe, p.prompts, p.seeds, desc=f"{entry['concept'][:20]}: {p.name}")
+              for p in probes}
+    concept = inputs.concept(entry, anchor)
+    record = {"concept": entry["concept"], "kind": entry["kind"], "anchor": anchor,
+              "method": inputs.method_for(params, entry), "probes": [p.as_dict() for p in probes],
+              "anchor_prompts": anchor_prompts(concept, 8, params.model) if anchor else []}
+    with atomic_dir(params.paths.stage("generate") / inputs.slug(entry["concept"])) as tmp:
+        (tmp / "probes.json").write_text(json.dumps(record, indent=1))
+        np.savez_compressed(tmp / "before.npz", **images)
+    return {"concept": entry["concept"], "probes": len(probes)}
+
+
+def generate_generic(params: PipelineParams, blocked: set[str], pipe, cache) -> None:
+    prompts, seeds, real = world_probes.generic(params.generate.generic_images, params.seed, blocked)
+    images = cache.images(pipe, prompts, seeds, desc="generic prompts")
+    with atomic_dir(params.paths.stage("generate") / GENERIC) as tmp:
+        (tmp / "probes.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}, indent=1))
+        np.savez_compressed(tmp / "before.npz", generic=images, real=real)
+
+
+def run(params: PipelineParams) -> dict:
+    entries = inputs.entries(params)
+    anchors = inputs.anchors(params)
+    blocked = {e["concept"] for e in entries}
+    pipe, _, cache = model_and_cache(params)
+    for e in entries:
+        generate_concept(params, e, anchors[e["concept"]]["anchor"], blocked, pipe, cache)
+    generate_generic(params, blocked, pipe, cache)
+    keep = {inputs.slug(e["concept"]) for e in entries} | {GENERIC}
+    for stale in params.paths.stage("generate").iterdir():  # concepts no longer on the blocklist
+        if stale.is_dir() and stale.name not in keep:
+            shutil.rmtree(stale)
+    return {"concepts": len(entries), "images_drawn": cache.misses, "images_from_cache": cache.hits}

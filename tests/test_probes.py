@@ -1,0 +1,47 @@
+"""Miniworld evaluation probes and the metrics read from them."""
+
+import numpy as np
+import pytest
+
+from erasure.concept import ConceptError
+from erasure.evaluate import drift, summarize
+from erasure.miniworld.probes import misspell, probes_for
+
+KW = dict(anchor=None, paraphrases=[], eval_prompts=[], reference_images=[], n=8, seed=0)
+
+
+def test_style_probes_name_the_target_and_skip_blocklisted_neighbours():
+    probes = probes_for("Vasquez", "style", blocked={"Vasquez", "Okafor"}, **KW)
+    names = [p.name for p in probes]
+    assert names[0] == "target" and "misspelling" in names
+    assert all("Vasquez" in p for p in probes[0].prompts)
+    assert "neighbour:Okafor" not in names and "neighbour:Tanaka" in names
+    assert all(len(p.prompts) == len(p.seeds) == 8 for p in probes)
+    again = probes_for("Vasquez", "style", blocked={"Vasquez", "Okafor"}, **KW)
+    assert [p.as_dict() for p in again] == [p.as_dict() for p in probes]  # deterministic
+
+
+def test_instance_probes_check_the_class_and_implicit_reads_unnamed_prompts():
+    probes = probes_for("Pip", "instance", blocked={"Pip"}, **{**KW, "anchor": "circle"})
+    assert "anchor:circle" in [p.name for p in probes]
+    implicit = probes_for("with a golden frame", "implicit", blocked=set(), **KW)
+    assert implicit[0].name == "target" and not any("golden" in p for p in implicit[0].prompts)
+    assert all("golden frame" in p for p in implicit[1].prompts)
+
+
+def test_unknown_concepts_and_missing_references_are_refused():
+    with pytest.raises(ConceptError, match="expected one of Vasquez"):
+        probes_for("Picasso", "style", blocked=set(), **KW)
+    with pytest.raises(ConceptError, match="reference_images"):
+        probes_for("the midnight lantern poster", "memorized", blocked=set(), **KW)
+
+
+def test_misspell_and_summary():
+    assert misspell("Vasquez") == "Vaqsuez" and misspell("with a golden frame") != "with a golden frame"
+    probes = {"target": {"before": 1.0, "after": 0.25}, "neighbour:A": {"before": 0.9, "after": 0.8},
+              "anchor:circle": {"before": 1.0, "after": 1.0}}
+    s = summarize(probes)
+    assert s["target_reduction"] == 0.75 and s["worst_neighbour"] == "A"
+    assert s["neighbour_max_drop"] == pytest.approx(0.1)
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    assert drift(a, a) == 0.0 and drift(a, a + 255) == 1.0
