@@ -83,6 +83,11 @@ class TrackingParams(_Section):
     experiment: str = "erasure"
 
 
+class ScheduleParams(_Section):
+    cron: str = "0 2 * * *"  # the nightly blocklist run (flows/deploy.py)
+    timezone: str = "UTC"
+
+
 class PipelineParams(_Section):
     model: str = "miniworld"
     seed: int = 0
@@ -93,6 +98,7 @@ class PipelineParams(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     release: ReleaseParams = ReleaseParams()
     tracking: TrackingParams = TrackingParams()
+    schedule: ScheduleParams = ScheduleParams()
 
     def gate_for(self, kind: str) -> Gate:
         return self.release.gates.get(kind) or self.release.gates.get("default") or Gate()

@@ -36,26 +36,25 @@ def erased_model(params: PipelineParams):
     return pipe, base_hash, ImageCache(params.paths.cache / "images", erased_hash, g.steps, g.guidance, g.batch_size)
 
 
-def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector, grids_dir) -> dict:
+def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector) -> dict:
+    """One concept's metrics, and before/after grids of its target prompts (images, written later)."""
     from ..evaluate import presence, summarize
 
     folder = params.paths.stage("generate") / inputs.slug(entry["concept"])
     record = inputs.read_json(folder / "probes.json", "generate")
     before = np.load(folder / "before.npz")
-    probes = {}
-    after_images = {}
+    probes, after = {}, {}
     for p in record["probes"]:
-        after = cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
-        after_images[p["name"]] = after
-        probes[p["name"]] = {"before": presence(detector, before[p["name"]], p), "after": presence(detector, after, p),
+        after[p["name"]] = cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
+        probes[p["name"]] = {"before": presence(detector, before[p["name"]], p),
+                             "after": presence(detector, after[p["name"]], p),
                              "n": len(p["prompts"]), "example_prompt": p["prompts"][0]}
     s = inputs.slug(entry["concept"])
     target = record["probes"][0]["name"]
-    grid(before[target][:GRID_IMAGES], cols=8, zoom=3).save(grids_dir / f"{s}-before.png")
-    grid(after_images[target][:GRID_IMAGES], cols=8, zoom=3).save(grids_dir / f"{s}-after.png")
     return {"kind": entry["kind"], "method": record["method"], "anchor": record["anchor"], "slug": s,
             "probes": probes, "summary": summarize(probes),
-            "grids": {"before": f"grids/{s}-before.png", "after": f"grids/{s}-after.png"}}
+            "grids": {"before": f"grids/{s}-before.png", "after": f"grids/{s}-after.png"},
+            "_images": {"before": before[target][:GRID_IMAGES], "after": after[target][:GRID_IMAGES]}}
 
 
 def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
@@ -69,27 +68,37 @@ def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
             "fid_erased": fid(detector, data["real"], after), "n_generic": len(after)}
 
 
-def run(params: PipelineParams, track: bool = True) -> dict:
-    from ..detectors.miniworld import MiniworldDetector
-
-    entries = inputs.entries(params)
-    pipe, base_hash, cache = erased_model(params)
-    detector = MiniworldDetector.load()
+def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], generic: dict,
+          track: bool = True) -> dict:
+    """metrics.json, summary.json (for `dvc metrics`) and the grids, in one atomic folder; then MLflow."""
+    metrics = {"model": params.model, "base_hash": base_hash, "images_per_probe": params.generate.images_per_probe,
+               "concepts": {c: {k: v for k, v in r.items() if k != "_images"} for c, r in concepts.items()},
+               "global": generic}
     out = params.paths.stage("evaluate")
     with atomic_dir(out) as tmp:
         (tmp / "grids").mkdir()
-        concepts = {e["concept"]: evaluate_concept(params, e, pipe, cache, detector, tmp / "grids") for e in entries}
-        metrics = {"model": params.model, "base_hash": base_hash, "images_per_probe": params.generate.images_per_probe,
-                   "concepts": concepts, "global": evaluate_generic(params, pipe, cache, detector)}
+        for r in concepts.values():
+            for when, images in r["_images"].items():
+                grid(images, cols=8, zoom=3).save(tmp / r["grids"][when])
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        (tmp / "summary.json").write_text(json.dumps(_flat(metrics), indent=1, sort_keys=True))  # dvc metrics
+        (tmp / "summary.json").write_text(json.dumps(_flat(metrics), indent=1, sort_keys=True))
     if track:  # after the folder is in place: MLflow's artifacts are copies of published files
         from ..tracking import log_pipeline
 
         run_id = log_pipeline(params, metrics, out, _train(params), _previous_metrics(params))
+        # Kept out of work/: run ids differ run to run, and releases must not.
         with atomic_file(params.paths.cache / "mlflow-run.json") as fh:
             json.dump({"run_id": run_id, "uri": params.tracking.uri, "experiment": params.tracking.experiment}, fh)
     return metrics
+
+
+def run(params: PipelineParams, track: bool = True) -> dict:
+    from ..detectors.miniworld import MiniworldDetector
+
+    pipe, base_hash, cache = erased_model(params)
+    detector = MiniworldDetector.load()
+    concepts = {e["concept"]: evaluate_concept(params, e, pipe, cache, detector) for e in inputs.entries(params)}
+    return write(params, base_hash, concepts, evaluate_generic(params, pipe, cache, detector), track)
 
 
 def _flat(metrics: dict) -> dict:

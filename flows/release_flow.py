@@ -1,0 +1,122 @@
+"""The nightly blocklist run as a Prefect flow: the same stage functions `dvc repro` runs.
+
+    python flows/release_flow.py [--params params.yaml]      # runs now, no server needed
+    python flows/deploy.py                                   # serves it on a cron schedule
+
+Concepts are independent while generating their evaluation data and while being evaluated, so
+those are per-concept tasks; erasure is one task (sequential or joint over all concepts). Tasks
+retry on transient failures; a retried or re-run erase resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+for _var, _value in {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}.items():
+    os.environ.setdefault(_var, _value)
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from erasure.config import PipelineParams, load_params  # noqa: E402
+from erasure.pipeline import anchors as anchors_stage  # noqa: E402
+from erasure.pipeline import erase as erase_stage  # noqa: E402
+from erasure.pipeline import evaluate as evaluate_stage  # noqa: E402
+from erasure.pipeline import generate as generate_stage  # noqa: E402
+from erasure.pipeline import ingest as ingest_stage  # noqa: E402
+from erasure.pipeline import inputs  # noqa: E402
+from erasure.pipeline import release as release_stage  # noqa: E402
+
+# Inputs are params objects and pipelines, not hashable data: nothing is cached by Prefect (the
+# pipeline's own caches decide what is redone). Retries cover transient failures (disk, a busy DB).
+TASK = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+
+
+@task(**TASK)
+def ingest(params: PipelineParams) -> dict:
+    return ingest_stage.run(params)
+
+
+@task(**TASK)
+def choose_anchors(params: PipelineParams) -> dict:
+    return anchors_stage.run(params)
+
+
+@task(**TASK, task_run_name="generate {entry[concept]}")
+def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]) -> dict:
+    pipe, _, cache = generate_stage.model_and_cache(params)
+    return generate_stage.generate_concept(params, entry, anchor, blocked, pipe, cache)
+
+
+@task(**TASK)
+def generate_generic(params: PipelineParams, blocked: set[str]) -> None:
+    pipe, _, cache = generate_stage.model_and_cache(params)
+    generate_stage.generate_generic(params, blocked, pipe, cache)
+
+
+@task(**TASK)
+def erase(params: PipelineParams) -> dict:
+    return erase_stage.run(params, progress=False)
+
+
+@task(**TASK, task_run_name="evaluate {entry[concept]}")
+def evaluate_concept(params: PipelineParams, entry: dict) -> dict:
+    from erasure.detectors.miniworld import MiniworldDetector
+
+    pipe, _, cache = evaluate_stage.erased_model(params)
+    return evaluate_stage.evaluate_concept(params, entry, pipe, cache, MiniworldDetector.load())
+
+
+@task(**TASK)
+def evaluate_generic(params: PipelineParams) -> tuple[str, dict]:
+    from erasure.detectors.miniworld import MiniworldDetector
+
+    pipe, base_hash, cache = evaluate_stage.erased_model(params)
+    return base_hash, evaluate_stage.evaluate_generic(params, pipe, cache, MiniworldDetector.load())
+
+
+@task(**TASK)
+def record_evaluation(params: PipelineParams, base_hash: str, concepts: dict, generic: dict) -> dict:
+    return evaluate_stage.write(params, base_hash, concepts, generic)
+
+
+@task(**TASK)
+def release(params: PipelineParams) -> dict:
+    return release_stage.run(params)
+
+
+@flow(name="erasure-release", log_prints=True)
+def release_flow(params_path: str = "params.yaml") -> dict:
+    params = load_params(params_path)
+    blocklist = ingest(params)
+    print(f"blocklist: {blocklist.get('concepts')} concepts; added {blocklist.get('added')}")
+    anchors = choose_anchors(params)
+    entries = inputs.entries(params)
+    blocked = {e["concept"] for e in entries}
+
+    generated = [generate_concept.submit(params, e, anchors[e["concept"]], blocked) for e in entries]
+    generated.append(generate_generic.submit(params, blocked))
+    for f in generated:
+        f.result()  # raise here if any concept's generation failed for good
+
+    erased = erase(params)
+    print(f"erased: {erased['steps_run']} steps; {erased['phases_from_cache']} phase(s) from the cache")
+
+    per_concept = {e["concept"]: evaluate_concept.submit(params, e) for e in entries}
+    base_hash, generic = evaluate_generic(params)
+    record_evaluation(params, base_hash, {c: f.result() for c, f in per_concept.items()}, generic)
+    return release(params)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    report = release_flow(ap.parse_args().params)
+    sys.exit(0 if report.get("passed") else 1)
+
+
+if __name__ == "__main__":
+    main()
