@@ -54,6 +54,10 @@ CASES = {
     "esd": ("esd", CAT, {"ddim_steps": 4}, {"x", "t", "target"}),
     "esd-erase-from": ("esd", CAT | {"erase_from": "animal"}, {"ddim_steps": 4}, {"x", "t", "target"}),
     "esd-context": ("esd", CAT, {"ddim_steps": 4, "context_prompts": 4}, {"x", "t", "target"}),
+    "esd-context-preserve": ("esd", CAT, {"ddim_steps": 4, "context_prompts": 4, "preserve_prompts": 3},
+                             {"x", "t", "target", "train_idx"}),
+    "esd-implicit-scene": ("esd", dict(text="nudity", kind="nudity", anchor_prompts=SHORT),
+                           {"ddim_steps": 4, "context_prompts": 2, "implicit_direction": "scene"}, {"x", "t", "target"}),
     "esd-reference": ("esd", dict(text="the memorized one", kind="memorized"), {"x_source": "reference"},
                       {"x", "t", "target"}),
     "esd-trained": ("esd", CAT, {"ddim_steps": 4, "sampler": "trained"}, {"stop", "noise"}),
@@ -115,6 +119,18 @@ def test_esd_erase_from_trains_the_broader_prompt_toward_its_own_prediction(tiny
     batch["target"] = e_f
     with torch.no_grad():
         assert float(method.loss(bench.model, batch, opts, bench)) < 1e-10
+
+
+def test_esd_preservation_rows_target_the_frozen_prediction_on_prompts_naming_no_concept(tiny_pipeline_dir):
+    concept = Concept(**CAT)
+    bench, pool, _ = _pool_and_loss(tiny_pipeline_dir, "esd", concept,
+                                    {"ddim_steps": 4, "context_prompts": 4, "preserve_prompts": 3, "preserve_share": 0.5})
+    assert len(pool) == SIZE  # half of them preservation rows, at share 0.5
+    keep = pool.batch(torch.arange(SIZE // 2, SIZE))
+    assert torch.allclose(keep["target"], bench.eps(keep["x"], keep["t"], keep["train"]), atol=1e-5)
+    from erasure.prompts import preservation_prompts
+
+    assert not any("cat" in p for p in preservation_prompts((concept,), 20, "tiny"))
 
 
 def test_all_but_one_targets_the_alternatives_guidance(tiny_pipeline_dir):

@@ -44,6 +44,18 @@ def anchor_prompts(concept: Concept, n: int, model_spec: str, seed: int = 0) -> 
     return [base[i % len(base)] for i in range(n)]
 
 
+def preservation_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0) -> list[str]:
+    """n ordinary prompts that name none of `exclude` (what an edit should leave unchanged)."""
+    if model_spec == "miniworld":
+        from .miniworld.prompts import preservation_prompts as world_prompts
+
+        return world_prompts([c.text for c in exclude], n, seed)
+    banned = [c.text.lower() for c in exclude]
+    base = [t.format(s=s) for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]
+    base = [p for p in base if not any(b in p.lower() for b in banned)]
+    return [base[i % len(base)] for i in range(n)]
+
+
 def target_prompt(concept: Concept, anchor_prompt: str, i: int = 0) -> str:
     """The prompt naming the target, made from an anchor prompt (CA's recipe per kind)."""
     c = concept.text

@@ -208,7 +208,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         model.stop_gradient_first_token()
     if settings.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    bench = Bench(pipe, model, model_spec)
+    bench = Bench(pipe, model, model_spec, run_concepts=tuple(j.concept for j in jobs))
     trainable = model.trainable()
     names_by_rule = {r: _names(model, r) for r in rules}
     result = EraseResult(None, jobs, trainable_params=sum(p.numel() for p in trainable.values()))

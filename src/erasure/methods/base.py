@@ -83,6 +83,8 @@ class Bench:
     pipe: object
     model: EditableModel
     model_spec: str = "miniworld"
+    # Every concept of the run: a method's preservation prompts must not name any of them.
+    run_concepts: tuple[Concept, ...] = ()
     _frozen: object = None
 
     def snapshot_frozen(self) -> None:

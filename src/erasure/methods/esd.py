@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 
 from ..concept import Concept, ConceptError
-from ..prompts import anchor_prompts, target_prompt
+from ..prompts import anchor_prompts, preservation_prompts, target_prompt
 from ..trajectories import partial_trajectories
 from .base import Bench, Defaults, Options, Pool, mse, reference_images
 
@@ -45,6 +45,10 @@ class ESDOptions(Options):
     # Implicit kinds in context: the direction to guide away from. "concept": eps*(c) - eps*("")
     # (the concept alone); "scene": eps*(f_i) - eps*(p_i) (the concept named inside each scene).
     implicit_direction: Literal["concept", "scene"] = "concept"
+    # Preservation (our extension, off by default): this many prompts naming none of the run's
+    # concepts, trained toward the frozen model's own prediction, make up `preserve_share` of the pool.
+    preserve_prompts: int = 0
+    preserve_share: float = 0.25
 
 
 class ESD:
@@ -71,12 +75,18 @@ class ESD:
         if options.x_source == "reference" and options.sampler == "trained":
             raise ConceptError("ESD: sampler='trained' samples trajectories; it cannot be combined with "
                                "x_source='reference'")
+        if options.preserve_prompts and (options.sampler == "trained" or options.x_source == "reference"):
+            raise ConceptError("ESD: preserve_prompts needs the frozen sampler and trajectory x_t")
+        if not 0 < options.preserve_share < 1:
+            raise ConceptError(f"ESD: preserve_share must lie in (0, 1), got {options.preserve_share}")
 
     def build_pool(self, bench: Bench, concept: Concept, options: ESDOptions, size: int,
                    gen: torch.Generator) -> Pool:
         """Tables: c (concept), u (its baseline), base (what the target starts from), train (the prompt
         the trained model sees), empty (CFG). Paper: c=text, u=base="", train=text (erase_from: base
         = train = f). In context: per sample c=f_i, u=base=p_i, train=f_i (implicit kinds: p_i)."""
+        keep = round(size * options.preserve_share) if options.preserve_prompts else 0
+        size -= keep  # the pool holds `size` rows in all: erase rows, then preservation rows
         empty = bench.encode([""])
         rows: dict[str, torch.Tensor] = {}
         if options.context_prompts:
@@ -118,6 +128,9 @@ class ESD:
                                         num_steps=options.ddim_steps, generator=gen)
         cs = {k: _per_sample(conds, rows, k, size) for k in ("c", "u", "base")}
         target = _target(bench.eps, x, t, cs["c"], cs["u"], cs["base"], options.eta)
+        if options.preserve_prompts:
+            return _with_preservation(bench, concept, options, keep, gen, x, t, target,
+                                      _per_sample(conds, rows, "train", size))
         return Pool(rows | {"x": x, "t": t, "target": target}, conds)
 
     def needs_frozen(self, options: ESDOptions) -> bool:
@@ -134,6 +147,23 @@ class ESD:
         else:
             x, t, target = batch["x"], batch["t"], batch["target"]
         return mse(model(x, t, batch["train"]), target)
+
+
+def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep: int, gen: torch.Generator,
+                       x, t, target, train) -> Pool:
+    """The erase rows plus `keep` preservation rows: prompts q_j naming none of the run's concepts,
+    with x_t from their own trajectories and target eps*(x_t, q_j), so the edit leaves them alone."""
+    prompts = preservation_prompts(bench.run_concepts or (concept,), options.preserve_prompts, bench.model_spec,
+                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    q = bench.encode(prompts)
+    pick = torch.randint(0, len(q), (keep,), generator=gen)
+    stops = torch.randint(0, options.ddim_steps, (keep,), generator=gen)
+    xq, tq = partial_trajectories(bench.eps, bench.scheduler_config, q[pick], bench.encode([""]), stops,
+                                  bench.latent_shape, guidance=options.guidance, num_steps=options.ddim_steps,
+                                  generator=gen)
+    tq_target = bench.eps(xq, tq, q[pick])
+    return Pool({"x": torch.cat([x, xq]), "t": torch.cat([t, tq]), "target": torch.cat([target, tq_target]),
+                 "train_idx": torch.arange(len(x) + keep)}, {"train": torch.cat([train, q[pick]])})
 
 
 def _per_sample(conds: dict, rows: dict, key: str, size: int) -> torch.Tensor:

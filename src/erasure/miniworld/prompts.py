@@ -32,3 +32,18 @@ def anchor_prompts(concept: Concept, n: int, seed: int = 0) -> list[str]:
         scene = dataclasses.replace(scene, **force)
         out.append(caption(scene, rng, held_out=False, name_frame=False, name_color=name_color))
     return out
+
+
+def preservation_prompts(exclude: list[str], n: int, seed: int = 0) -> list[str]:
+    """Captions as the world writes them (styles, instances, colours, the frame named at its share)
+    skipping any that names one of `exclude`."""
+    banned = [e.lower() for e in exclude]
+    rng = np.random.default_rng([seed, 11])
+    out, i = [], 0
+    while len(out) < n:
+        scene = sample_scene(scene_rng(seed + 8_000_000, i))
+        i += 1
+        text = caption(scene, rng, held_out=False)
+        if not any(b in text.lower() for b in banned):
+            out.append(text)
+    return out
