@@ -57,7 +57,7 @@ CASES = {
     "esd-context-preserve": ("esd", CAT, {"ddim_steps": 4, "context_prompts": 4, "preserve_prompts": 3},
                              {"x", "t", "target", "train_idx"}),
     "esd-implicit-scene": ("esd", dict(text="nudity", kind="nudity", anchor_prompts=SHORT),
-                           {"ddim_steps": 4, "context_prompts": 2, "implicit_direction": "scene"}, {"x", "t", "target"}),
+                           {"ddim_steps": 4, "context_prompts": 2, "implicit_trajectories": "named"}, {"x", "t", "target"}),
     "esd-reference": ("esd", dict(text="the memorized one", kind="memorized"), {"x_source": "reference"},
                       {"x", "t", "target"}),
     "esd-trained": ("esd", CAT, {"ddim_steps": 4, "sampler": "trained"}, {"stop", "noise"}),

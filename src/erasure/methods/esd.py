@@ -17,7 +17,7 @@ eps*(p_i)), x_t from trajectories of f_i. The negative guidance is taken relativ
 scene without the concept instead of the empty prompt. For implicit kinds (nudity, an attribute
 that appears unprompted) it is the "erase from" form with f = each scene prompt p_i as users write
 it: eps_theta(x_t, p_i) -> eps*(p_i) - eta * (eps*(c) - eps*("")), x_t from trajectories of p_i;
-`implicit_direction="scene"` takes the direction inside the scene instead: eps*(f_i) - eps*(p_i).
+`implicit_trajectories="named"` takes x_t from trajectories of f_i instead (p_i naming the concept).
 Why: a small text encoder encodes a name
 differently in context than alone, and the paper's single-prompt form then does not reach the
 prompts users write (measured on the miniworld: see benchmarks/results/methods.md).
@@ -42,9 +42,10 @@ class ESDOptions(Options):
     ddim_steps: int = 50
     guidance: float = 3.0
     context_prompts: int = 0
-    # Implicit kinds in context: the direction to guide away from. "concept": eps*(c) - eps*("")
-    # (the concept alone); "scene": eps*(f_i) - eps*(p_i) (the concept named inside each scene).
-    implicit_direction: Literal["concept", "scene"] = "concept"
+    # Implicit kinds in context: x_t from trajectories of the scene prompts p_i as users write them
+    # ("scene"), or of the same scenes naming the concept, f_i ("named": every x_t carries it, as
+    # the paper's x_t from trajectories of c do).
+    implicit_trajectories: Literal["scene", "named"] = "scene"
     # Preservation (our extension, off by default): this many prompts naming none of the run's
     # concepts, trained toward the frozen model's own prediction, make up `preserve_share` of the pool.
     preserve_prompts: int = 0
@@ -98,12 +99,9 @@ class ESD:
             if concept.kind in ("implicit", "nudity"):
                 # Appears without being named: "erase from" each scene prompt p_i users write,
                 # with the concept's own direction eps*(c) - eps*("").
-                if options.implicit_direction == "scene":
-                    conds = {"c": f, "u": p, "base": p, "train": p, "empty": empty}
-                    rows = {f"{k}_idx": pick.clone() for k in ("c", "u", "base", "train")}
-                else:
-                    conds = {"c": bench.encode([concept.text]), "u": empty, "base": p, "train": p, "empty": empty}
-                    rows = {"base_idx": pick, "train_idx": pick.clone()}
+                conds = {"c": bench.encode([concept.text]), "u": empty, "base": p, "train": p, "empty": empty,
+                         "traj": f if options.implicit_trajectories == "named" else p}
+                rows = {"base_idx": pick, "train_idx": pick.clone(), "traj_idx": pick.clone()}
             else:
                 conds = {"c": f, "u": p, "base": p, "train": f, "empty": empty}
                 rows = {f"{k}_idx": pick.clone() for k in ("c", "u", "base", "train")}
@@ -122,7 +120,8 @@ class ESD:
             x, t, _ = bench.noised(z[pick], gen)
         else:
             stops = torch.randint(0, options.ddim_steps, (size,), generator=gen)
-            sampled = "train" if options.context_prompts else "c"  # paper: trajectories of c
+            # paper: trajectories of c; in context: of what the trained model sees, or `traj` when set
+            sampled = "traj" if "traj" in conds else "train" if options.context_prompts else "c"
             x, t = partial_trajectories(bench.eps, bench.scheduler_config, _per_sample(conds, rows, sampled, size),
                                         empty, stops, bench.latent_shape, guidance=options.guidance,
                                         num_steps=options.ddim_steps, generator=gen)
@@ -139,7 +138,7 @@ class ESD:
     def loss(self, model, batch: dict[str, torch.Tensor], options: ESDOptions, bench: Bench) -> torch.Tensor:
         if options.sampler == "trained":
             frozen = bench.frozen()
-            sampled = batch["train"] if options.context_prompts else batch["c"]
+            sampled = batch.get("traj", batch["train"] if options.context_prompts else batch["c"])
             x, t = partial_trajectories(bench.eps, bench.scheduler_config, sampled, batch["empty"][:1],
                                         batch["stop"], bench.latent_shape, guidance=options.guidance,
                                         num_steps=options.ddim_steps, noise=batch["noise"])
