@@ -387,5 +387,31 @@ def miniworld_train_detector(
     print(json.dumps(mt.measure(net), indent=1))
 
 
+release_app = typer.Typer(help="Published releases of the pipeline.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("show")
+def release_show(
+    releases: Annotated[Path, typer.Option("--releases", help="Folder of published releases.")] = Path("releases"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """The latest release: its path, hash, gate results and per-concept metrics."""
+    from .release import show
+
+    info = _guard(show, releases)
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    out.print(f"release {info['release_id']} at {info['path']}\nrelease hash {info['release_hash']}")
+    table = Table("concept", "kind", "method", "target before -> after", "reduction", "worst neighbour drop", "gates")
+    for concept, m in info["concepts"].items():
+        gates = [g for g in info["gates"] if g["concept"] == concept]
+        table.add_row(concept, m["kind"], m["method"], f"{m['target_before']:.2f} -> {m['target_after']:.2f}",
+                      f"{m['target_reduction']:.0%}", f"{m['neighbour_max_drop']:.2f}",
+                      ", ".join(f"{g['gate']} {'pass' if g['passed'] else 'FAIL'}" for g in gates))
+    out.print(table)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

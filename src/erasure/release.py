@@ -1,0 +1,166 @@
+"""Releases: gates on the evaluation, a release folder (delta, full diffusers export, model card,
+lineage, manifest), published atomically under `releases/<id>` with `releases/LATEST` moved to it.
+
+Nothing in a release folder depends on when or where it was built (no timestamps, run ids or
+absolute paths), so the same inputs give byte-identical files and the same release hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from .config import PipelineParams
+from .io import atomic_dir, atomic_file
+
+GATES = ("target_max", "reduction_min", "neighbour_max_drop")
+
+
+def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
+    """One record per (concept, gate) that applies to the concept's kind."""
+    out = []
+    for concept, m in metrics["concepts"].items():
+        gate, s = params.gate_for(m["kind"]), m["summary"]
+        values = {"target_max": s["target_after"], "reduction_min": s["target_reduction"],
+                  "neighbour_max_drop": s["neighbour_max_drop"]}
+        for name in GATES:
+            bound = getattr(gate, name)
+            if bound is None:
+                continue
+            value = values[name]
+            passed = value >= bound if name == "reduction_min" else value <= bound
+            out.append({"concept": concept, "kind": m["kind"], "gate": name, "value": round(value, 4),
+                        "bound": bound, "passed": bool(passed)})
+    return out
+
+
+def failures(gates: list[dict]) -> list[str]:
+    sign = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"}
+    return [f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}: {g['value']:.2f} {sign[g['gate']]} "
+            f"{g['bound']:.2f}" for g in gates if not g["passed"]]
+
+
+def code_version() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _portable_blocklist(blocklist: dict) -> dict:
+    """The blocklist with reference images named by file name and content hash, not by path."""
+    entries = []
+    for e in blocklist["entries"]:
+        e = dict(e)
+        if "reference_images" in e:
+            e["reference_images"] = [f"{Path(r).name} sha256:{_sha256(Path(r))}" for r in e["reference_images"]]
+        entries.append(e)
+    return {"entries": entries, "sha256": blocklist["sha256"]}
+
+
+def build(folder: Path, *, params: PipelineParams, metrics: dict, gates: list[dict], blocklist: dict,
+          delta: Path, train: dict) -> str:
+    """Write the release into `folder`; returns its release hash (sha256 over the manifest)."""
+    from .delta import export
+
+    shutil.copyfile(delta, folder / "delta.safetensors")
+    export(params.model, delta, folder / "model")
+    lineage = {"base_model": params.model, "base_hash": metrics["base_hash"], "code_version": code_version(),
+               "blocklist_sha256": blocklist["sha256"], "params": params.model_dump(mode="json", exclude={"paths"}),
+               "training": {k: train[k] for k in ("mode", "jobs", "steps_run") if k in train}}
+    files = {"blocklist.json": _portable_blocklist(blocklist), "metrics.json": metrics, "gates.json": gates,
+             "lineage.json": lineage}
+    for name, data in files.items():
+        (folder / name).write_text(json.dumps(data, indent=1, sort_keys=True))
+    (folder / "MODEL_CARD.md").write_text(model_card(metrics, gates, files["blocklist.json"], lineage))
+    manifest = {str(p.relative_to(folder).as_posix()): _sha256(p)
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+    release_hash = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps({"files": manifest, "release_hash": release_hash}, indent=1,
+                                                     sort_keys=True))
+    return release_hash
+
+
+def publish(params: PipelineParams, **inputs) -> tuple[str, Path]:
+    """Build in a private folder, then move it in place and point LATEST at it. Returns (id, path)."""
+    root = params.paths.releases
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    with atomic_dir(staging) as tmp:  # a crash here leaves only hidden temporaries, never a release
+        release_hash = build(tmp, params=params, **inputs)
+    rid = release_hash[:12]
+    final = root / rid
+    if final.exists():  # the same release again: keep the one already published
+        shutil.rmtree(staging)
+    else:
+        staging.rename(final)
+    with atomic_file(root / "LATEST") as fh:
+        fh.write(rid + "\n")
+    return rid, final
+
+
+def show(releases: Path) -> dict:
+    latest = Path(releases) / "LATEST"
+    if not latest.is_file():
+        raise FileNotFoundError(f"{releases}: no release yet (no LATEST); run the pipeline first")
+    rid = latest.read_text().strip()
+    folder = Path(releases) / rid
+    manifest = json.loads((folder / "manifest.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"path": str(folder.resolve()), "release_id": rid, "release_hash": manifest["release_hash"],
+            "gates": json.loads((folder / "gates.json").read_text()),
+            "concepts": {c: {"kind": m["kind"], "method": m["method"], **m["summary"]}
+                         for c, m in metrics["concepts"].items()},
+            "global": metrics["global"]}
+
+
+def model_card(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    by_concept: dict[str, list[dict]] = {}
+    for g in gates:
+        by_concept.setdefault(g["concept"], []).append(g)
+    methods = sorted({m["method"] for m in metrics["concepts"].values()})
+    lines = ["# Model card: erased model", "",
+             f"Base model `{lineage['base_model']}` (weights sha256 `{lineage['base_hash']}`), edited by "
+             f"{', '.join(methods)} to remove {len(metrics['concepts'])} concept(s). Presence is the share of "
+             f"{metrics['images_per_probe']} images per prompt set in which the detector finds the concept "
+             "(held-out prompts, fixed seeds), before -> after erasure.", "",
+             "| concept | kind | method | anchor | target before -> after | reduction | paraphrase after | "
+             "misspelling after | worst neighbour drop | gates |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c, m in metrics["concepts"].items():
+        s = m["summary"]
+        g = ", ".join(f"{x['gate']} {'✓' if x['passed'] else '✗'}" for x in by_concept.get(c, [])) or "-"
+        worst = f"{s['neighbour_max_drop']:.2f} ({s['worst_neighbour']})" if s["worst_neighbour"] else "-"
+        lines.append(f"| {c} | {m['kind']} | {m['method']} | {m['anchor'] or '-'} | {pct(s['target_before'])} -> "
+                     f"{pct(s['target_after'])} | {s['target_reduction']:.0%} | {pct(s['paraphrase_after'])} | "
+                     f"{pct(s['misspelling_after'])} | {worst} | {g} |")
+    gl = metrics["global"]
+    lines += ["", f"Generic prompts ({gl['n_generic']} naming no blocklisted concept): mean pixel drift "
+              f"{gl['generic_drift']:.3f}; FID to the world's true renders on detector features "
+              f"{gl['fid_base']:.3f} (base) -> {gl['fid_erased']:.3f} (erased).", "",
+              f"## Blocklist (sha256 `{blocklist['sha256']}`)", "", "```yaml",
+              yaml.safe_dump(blocklist["entries"], sort_keys=False, allow_unicode=True).rstrip(), "```", "",
+              "## Lineage", "", f"- code version: `{lineage['code_version']}`",
+              f"- base model hash: `{lineage['base_hash']}`", "", "```yaml",
+              yaml.safe_dump(lineage["params"], sort_keys=True).rstrip(), "```", ""]
+    return "\n".join(lines)
