@@ -20,6 +20,7 @@ for _var, _value in {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISA
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from erasure.config import PipelineParams, load_params  # noqa: E402
 from erasure.pipeline import anchors as anchors_stage  # noqa: E402
@@ -88,7 +89,9 @@ def release(params: PipelineParams) -> dict:
     return release_stage.run(params)
 
 
-@flow(name="erasure-release", log_prints=True)
+# Two workers: per-concept tasks overlap one's sampling with another's file work without
+# oversubscribing a small machine; the models are small, so each task loads its own copy.
+@flow(name="erasure-release", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def release_flow(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     blocklist = ingest(params)

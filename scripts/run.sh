@@ -13,7 +13,8 @@ echo
 if [ "$status" -eq 0 ]; then
   .venv/bin/erasure release show
 else
-  echo "no release: a gate failed (work/release/report.json says which concept failed which gate)"
+  echo "no release (flow exit $status): see the log above; when a gate failed, work/release/report.json"
+  echo "says which concept failed which gate"
 fi
 echo
 echo "MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1   (then open http://127.0.0.1:5000)"

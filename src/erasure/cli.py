@@ -266,7 +266,8 @@ def run(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the grid and readings.")] = Path("outputs/run"),
     seed: int = 0,
 ):
-    """The main job on the embedded default: sample one prompt per concept kind, read them back."""
+    """A quick look at a model: sample one prompt per concept kind, read them back (the main job is
+    the release flow: scripts/run.sh)."""
     from .detectors.miniworld import MiniworldDetector
     from .miniworld.concepts import catalog
     from .models import load_pipeline

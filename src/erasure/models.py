@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from pathlib import Path
 
 import torch
@@ -43,7 +44,19 @@ def resolve(spec: str) -> Path | str:
 
 
 def load_pipeline(spec: str = MINIWORLD, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """A diffusers pipeline (SD 1.x / 2.x / XL) with no safety checker, ready to sample."""
+    """A diffusers pipeline (SD 1.x / 2.x / XL) with no safety checker, ready to sample.
+
+    Thread-safe: loading builds modules on the meta device through process-wide switches, so two
+    threads loading at once (per-concept flow tasks) would corrupt each other; one loads at a time.
+    """
+    with _LOADING:
+        return _load_pipeline(spec, dtype, device)
+
+
+_LOADING = threading.Lock()
+
+
+def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
     from diffusers import DiffusionPipeline
 
     target = resolve(spec)
