@@ -83,8 +83,10 @@ def build(folder: Path, *, params: PipelineParams, metrics: dict, gates: list[di
     shutil.copyfile(delta, folder / "delta.safetensors")
     export(params.model, delta, folder / "model")
     lineage = {"base_model": params.model, "base_hash": metrics["base_hash"], "code_version": code_version(),
-               "blocklist_sha256": blocklist["sha256"], "params": params.model_dump(mode="json", exclude={"paths"}),
-               "training": {k: train[k] for k in ("mode", "jobs", "steps_run") if k in train}}
+               "blocklist_sha256": blocklist["sha256"],
+               # Where files and runs live is not lineage: paths, tracking and schedule are left out.
+               "params": params.model_dump(mode="json", exclude={"paths", "tracking", "schedule"}),
+               "training": {k: train[k] for k in ("mode", "jobs") if k in train}}
     files = {"blocklist.json": _portable_blocklist(blocklist), "metrics.json": metrics, "gates.json": gates,
              "lineage.json": lineage}
     for name, data in files.items():

@@ -54,7 +54,9 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
                       "seconds_train": round(result.seconds_train, 1), "steps_run": result.steps_run,
                       "phases_from_cache": result.phases_from_cache, "workdir": str(workdir)}
             # Timings differ run to run: kept apart from train.json, which DVC and releases hash.
-            (tmp / "train.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+            run_specific = ("steps_run", "phases_from_cache")
+            (tmp / "train.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in run_specific},
+                                                       indent=1, sort_keys=True))
             (tmp / "timing.json").write_text(json.dumps(timing, indent=1, sort_keys=True))
     return summary
 
