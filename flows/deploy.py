@@ -30,7 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     schedule = load_params(args.params).schedule
     release_flow.serve(name=args.name, schedules=[Cron(args.cron or schedule.cron, timezone=schedule.timezone)],
-                       parameters={"params_path": args.params}, tags=["erasure"])
+                       parameters={"params_path": args.params}, tags=["erasure"],
+                       limit=1)  # runs share work/ and the erase work folder: one at a time
 
 
 if __name__ == "__main__":
