@@ -1,5 +1,6 @@
 """Blocklist loading, normalization, hashing and diff; every malformed file gives its own error."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,55 +10,70 @@ from pathlib import Path
 import pytest
 import yaml
 
-from erasure.blocklist import BlocklistError, diff, load_blocklist
+from erasure.blocklist import Blocklist, BlocklistError, Entry, diff, load_blocklist
+from erasure.concept import Concept
 from erasure.config import load_params
 from erasure.pipeline import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
 MALFORMED = Path(__file__).resolve().parent / "blocklists" / "malformed"
+HELPERS = {"lantern.png", "not-an-image.png"}  # images the malformed files point at
 
-# file -> what its one error must say (the field and what was expected).
+KINDS = "style, object, instance, nudity, memorized, implicit"
+# file -> what its error must say (the field and what was expected); a tuple: every line it must hold.
 EXPECTED = {
-    "empty.yaml": "the file is empty",
-    "bad-yaml.yaml": "not valid YAML at line 4",
-    "not-a-mapping.yaml": "top level: expected a mapping",
-    "concepts-not-a-list.yaml": "concepts: expected a list of entries, got str",
-    "concepts-empty.yaml": "concepts: the list is empty",
-    "unknown-top-level.yaml": "unknown top-level key(s) 'concept'",
-    "unknown-kind.yaml": "kind: expected one of style, object, instance, nudity, memorized, implicit, got 'painter'",
-    "missing-kind.yaml": "entry 1 (Vasquez): kind: missing",
-    "missing-concept.yaml": "entry 1 (?): concept: missing",
-    "whitespace-concept.yaml": "concept: expected non-empty text, got only whitespace",
-    "concept-not-text.yaml": "concept: expected text, got int 123",
-    "paraphrases-not-a-list.yaml": "paraphrases: expected a list of non-empty texts, got str",
-    "unknown-field.yaml": "anchr: unknown field (did you mean 'anchor'?)",
-    "unknown-method.yaml": "method: expected one of esd, ca, abo, loss-max, got 'magic'",
-    "anchor-equals-target.yaml": "anchor: expected a concept other than the target itself",
-    "alternative-equals-target.yaml": "alternative: expected a concept other than the target itself",
-    "anchor-is-a-paraphrase.yaml": "anchor: expected a concept other than the target's paraphrases",
-    "duplicate-conflicting.yaml": "entry 2 (vasquez): concept: listed again with different fields (first at entry 1)",
-    "memorized-without-reference.yaml": "reference_images: missing; a memorized image expects",
-    "missing-reference-image.yaml": "reference_images: expected an existing image file, 'no-such-image.png'",
-    "reference-not-an-image.yaml": "reference_images: expected a readable image, 'not-an-image.png' is not one",
-    "reference-on-a-style.yaml": "reference_images: expected only for kind 'memorized'",
-    "unencodable-too-long.yaml": "concept: expected text the model's tokenizer can encode whole",
-    "unencodable-special-token.yaml": "unknown/special token",
+    "empty.yaml": "the file is empty; expected a mapping with a 'concepts' list",
+    "empty.csv": "the file is empty; expected a header row",
+    "not-utf8.yaml": "expected UTF-8 text, got an undecodable byte at offset 24",
+    "bad-yaml.yaml": "not valid YAML at line 4, column 1",
+    "not-a-mapping.yaml": "top level: expected a mapping with a 'concepts' list, got list",
+    "concepts-not-a-list.yaml": "concepts: expected a list of entries, got str 'Vasquez'",
+    "concepts-empty.yaml": "concepts: expected at least one entry, got an empty list",
+    "unknown-top-level.yaml": ("unknown top-level key 'concept' (did you mean 'concepts'?)",
+                               "concepts: expected a list of entries, got nothing"),
     "wrong-version.yaml": "version: expected 1, got int 2",
-    "entry-not-a-mapping.yaml": "entry 1: expected a mapping of fields, got str",
-    "missing-column.csv": "header: missing column(s) kind",
-    "unknown-kind.csv": "kind: expected one of",
-    "unsupported.json": "unsupported file type '.json'",
+    "entry-not-a-mapping.yaml": "entry 1 (?): expected a mapping of fields (concept, kind, ...), got str 'Vasquez'",
+    "missing-concept.yaml": "entry 1 (?): concept: expected the text naming the concept, got nothing",
+    "concept-empty-value.yaml": "entry 1 (?): concept: expected the text naming the concept, got nothing",
+    "whitespace-concept.yaml": "entry 1 (?): concept: expected non-empty text, got only whitespace",
+    "concept-not-text.yaml": "concept: expected text, got int 123",
+    "missing-kind.yaml": f"entry 1 (Vasquez): kind: expected one of {KINDS}, got nothing",
+    "unknown-kind.yaml": f"entry 1 (Vasquez): kind: expected one of {KINDS}, got 'painter'",
+    "unknown-field.yaml": "entry 1 (Pip): anchr: unknown field 'anchr' (did you mean 'anchor'?)",
+    "unknown-method.yaml": "method: expected one of esd, ca, abo, loss-max, got 'magic'",
+    "paraphrases-not-a-list.yaml": "paraphrases: expected a list of texts, got str 'in the manner of Vasquez'",
+    "eval-prompt-not-text.yaml": "eval_prompts: expected a list of non-empty texts, got int 5 as item 2",
+    "anchor-equals-target.yaml": "entry 1 (Pip): anchor: expected a concept other than the target itself, got 'pip'",
+    "alternative-equals-target.yaml": "alternative: expected a concept other than the target itself, got 'VASQUEZ'",
+    "anchor-is-a-paraphrase.yaml": "anchor: expected a concept other than the target's paraphrases",
+    "duplicate-conflicting.yaml": "entry 2 (vasquez): concept: expected each concept once, got it again with "
+                                  "different kind (first at entry 1)",
+    "memorized-without-reference.yaml": "reference_images: expected the image file(s) a memorized concept must "
+                                        "stop reproducing, got none",
+    "missing-reference-image.yaml": "reference_images: expected an existing image file, got 'no-such-image.png'",
+    "reference-not-an-image.yaml": "reference_images: expected a readable image, got 'not-an-image.png'",
+    "reference-on-a-style.yaml": "reference_images: expected none for kind 'style'",
+    "unencodable-too-long.yaml": "concept: expected text the model's tokenizer can encode whole, got concept "
+                                 "'a very long",
+    "unencodable-special-token.yaml": "concept: expected text the model's tokenizer can encode whole, got "
+                                      "concept 'Vasquez <|endoftext|>': the tokenizer maps part of it to an "
+                                      "unknown/special token",
+    "paraphrase-unencodable.yaml": "paraphrases: expected text the model's tokenizer can encode whole, got "
+                                   "paraphrases 'dark horizontal",
+    "several-problems.yaml": (f"entry 1 (Vasquez): kind: expected one of {KINDS}, got 'painter'",
+                              "entry 2 (Pip): anchor: expected a concept other than the target itself",
+                              "entry 2 (Pip): method: expected one of",
+                              "entry 3 (Okafor): paraphrases: expected a list of texts, got str 'navy dots'"),
+    "missing-column.csv": "header: expected the columns concept,kind",
+    "unknown-kind.csv": f"entry 1 (Vasquez): kind: expected one of {KINDS}, got 'painter'",
+    "csv-unknown-column.csv": "header: unknown column 'anchr' (did you mean 'anchor'?)",
+    "csv-extra-cells.csv": "entry 1 (Vasquez): row: expected at most 2 cells (one per column), got 3",
+    "unsupported.json": "unsupported file type '.json'; expected .yaml, .yml, .csv",
 }
 
 
-def test_every_malformed_file_is_in_the_table():
-    files = {p.name for p in MALFORMED.iterdir() if p.suffix in (".yaml", ".csv", ".json")}
-    assert files == set(EXPECTED) and len(files) >= 20
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return ingest.tokenizer_for("miniworld")
+def _expected(name: str) -> tuple[str, ...]:
+    return EXPECTED[name] if isinstance(EXPECTED[name], tuple) else (EXPECTED[name],)
 
 
 def _params(tmp_path: Path, blocklist: Path) -> Path:
@@ -68,64 +84,130 @@ def _params(tmp_path: Path, blocklist: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    return ingest.tokenizer_for("miniworld")
+
+
+def test_every_malformed_file_is_in_the_table():
+    files = {p.name for p in MALFORMED.iterdir()}
+    assert files - HELPERS == set(EXPECTED) and len(EXPECTED) >= 22
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_malformed_blocklist_gives_its_error_and_writes_nothing(name, tmp_path):
     params = load_params(_params(tmp_path, MALFORMED / name))
     with pytest.raises(BlocklistError) as exc:
         ingest.run(params)
-    assert EXPECTED[name] in str(exc.value)
-    assert str(MALFORMED / name) in str(exc.value).splitlines()[0]
-    assert not (tmp_path / "work").exists()
+    message = str(exc.value)
+    for line in _expected(name):
+        assert line in message
+    # One problem per line, each naming the file.
+    lines = message.splitlines()
+    assert all(line.startswith(f"{MALFORMED / name}: ") for line in lines)
+    assert len(lines) == len(_expected(name))
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
 
 
-@pytest.mark.parametrize("name", ["bad-yaml.yaml", "unknown-field.yaml", "unencodable-too-long.yaml"])
+# The stage command for a few representative files (each subprocess pays the imports: ~5-10 s).
+@pytest.mark.parametrize("name", ["bad-yaml.yaml", "unknown-field.yaml", "unencodable-too-long.yaml",
+                                  "missing-column.csv"])
 def test_the_stage_command_exits_2_with_the_error_on_stderr(name, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([sys.executable, str(ROOT / "stages" / "ingest.py"), "--params",
-                          str(_params(tmp_path, MALFORMED / name))], capture_output=True, text=True, env=env)
-    assert res.returncode == 2 and EXPECTED[name] in res.stderr
-    assert not (tmp_path / "work").exists() and res.stdout == ""
+                          str(_params(tmp_path, MALFORMED / name))], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "error: " in res.stderr and EXPECTED[name] in res.stderr
+    assert res.stdout == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
 
 
-def test_yaml_and_csv_agree_and_the_hash_survives_a_move(tmp_path, tokenizer):
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(BlocklistError, match="nope.yaml: no such blocklist file"):
+        load_blocklist(tmp_path / "nope.yaml")
+
+
+def test_default_yaml_and_csv_load_and_agree(tokenizer):
     a = load_blocklist(ROOT / "blocklists" / "default.yaml", tokenizer)
     b = load_blocklist(ROOT / "blocklists" / "example.csv", tokenizer)
-    assert a["entries"] == b["entries"] and a["sha256"] == b["sha256"]
+    assert [e.concept for e in a.entries] == ["Vasquez", "Pip", "with a golden frame", "the midnight lantern poster"]
+    assert a.entries == b.entries and a.sha256 == b.sha256 and a.notes == b.notes == ()
+    lantern = a.entries[3]
+    assert lantern.reference_images == (str((ROOT / "blocklists" / "images" / "midnight-lantern.png").resolve()),)
+    assert len(lantern.paraphrases) == 2 and a.entries[1].anchor == "circle"
+
+
+def test_hash_survives_a_copy_of_the_repo_folder_but_not_a_new_image(tmp_path):
+    original = load_blocklist(ROOT / "blocklists" / "default.yaml")
     shutil.copytree(ROOT / "blocklists", tmp_path / "moved")
-    assert load_blocklist(tmp_path / "moved" / "default.yaml")["sha256"] == a["sha256"]
+    moved = load_blocklist(tmp_path / "moved" / "default.yaml")
+    assert moved.entries[3].reference_images != original.entries[3].reference_images
+    assert moved.sha256 == original.sha256
+    from PIL import Image
+
+    # Same file name, other pixels: another image, another hash.
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(tmp_path / "moved" / "images" / "midnight-lantern.png")
+    assert load_blocklist(tmp_path / "moved" / "default.yaml").sha256 != original.sha256
 
 
-def test_normalization_merges_identical_entries(tmp_path):
+def test_normalization_and_merging_of_identical_entries(tmp_path):
     path = tmp_path / "b.yaml"
-    path.write_text("concepts:\n  - {concept: '  Vasquez\u00a0 ', kind: STYLE}\n  - {concept: 'Ｖａｓｑｕｅｚ', kind: style}\n"
-                    "  - {concept: Pip, kind: instance, anchor: '  circle'}\n")
+    path.write_text(
+        "concepts:\n"
+        "  - {concept: '  Vasquez\u00a0 ', kind: STYLE}\n"
+        "  - {concept: 'Ｖａｓｑｕｅｚ', kind: style}\n"  # full-width letters: NFKC makes them ASCII
+        "  - {concept: 'vasquez', kind: ' Style '}\n"
+        "  - {concept: 'Ｐｉｐ', kind: instance, anchor: '  circle', method: ' CA ',\n"
+        "     paraphrases: [\"a  yellow\\tcircle  with eyes\"]}\n")  # YAML double quotes: \t is a tab
     b = load_blocklist(path)
-    assert b["entries"] == [{"concept": "Vasquez", "kind": "style"},
-                            {"concept": "Pip", "kind": "instance", "anchor": "circle"}]
-    assert "merged" in b["notes"][0]
+    assert [e.as_dict() for e in b.entries] == [
+        {"concept": "Vasquez", "kind": "style"},
+        {"concept": "Pip", "kind": "instance", "anchor": "circle", "method": "ca",
+         "paraphrases": ["a yellow circle with eyes"]}]
+    assert b.notes == ("entry 2 (Vasquez) repeats entry 1 (Vasquez): merged",
+                       "entry 3 (vasquez) repeats entry 1 (Vasquez): merged")
+    # The same blocklist written plainly hashes the same.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("concepts:\n  - {concept: Vasquez, kind: style}\n"
+                     "  - {concept: Pip, kind: instance, anchor: circle, method: ca,\n"
+                     "     paraphrases: [a yellow circle with eyes]}\n")
+    assert load_blocklist(plain).sha256 == b.sha256
 
 
-def test_diff_against_the_previous_release():
+def test_to_concepts_and_the_json_round_trip(tmp_path):
+    b = load_blocklist(ROOT / "blocklists" / "default.yaml")
+    assert Blocklist.from_json(b.to_json()) == b
+    assert json.loads(b.to_json())["sha256"] == b.sha256
+    concepts = b.to_concepts()
+    assert all(isinstance(c, Concept) for c in concepts)
+    assert (concepts[1].text, concepts[1].kind, concepts[1].anchor) == ("Pip", "instance", "circle")
+    assert concepts[3].reference_images == (Path(b.entries[3].reference_images[0]),)
+    assert concepts[3].paraphrases == b.entries[3].paraphrases
+    assert Blocklist.key(Entry(concept="PIP", kind="instance")) == "pip"
+
+
+def test_a_release_blocklist_reads_back_with_the_same_hash():
+    """The release stage names reference images by file name and content hash; hash and diff agree."""
+    from erasure.release import _portable_blocklist
+
+    b = load_blocklist(ROOT / "blocklists" / "default.yaml")
+    released = Blocklist.from_json(json.dumps(_portable_blocklist(json.loads(b.to_json()))))
+    assert released.entries[3].reference_images[0].startswith("midnight-lantern.png sha256:")
+    assert released.sha256 == b.sha256
+    assert diff(b, released)["unchanged"] == [e.concept for e in b.entries]
+
+
+def test_diff_added_removed_changed_unchanged():
     def bl(*entries):
-        return {"entries": [dict(e) for e in entries]}
+        return Blocklist(entries=tuple(Entry(**e) for e in entries))
 
-    v, p, f = {"concept": "Vasquez", "kind": "style"}, {"concept": "Pip", "kind": "instance"}, \
-        {"concept": "with a golden frame", "kind": "implicit"}
-    d = diff(bl(v, p | {"anchor": "circle"}, f), bl(v, p, {"concept": "Bobo", "kind": "instance"}))
-    assert d == {"added": ["with a golden frame"], "removed": ["Bobo"], "changed": ["Pip"], "unchanged": ["Vasquez"]}
-    assert diff(bl(v), None)["added"] == ["Vasquez"]
-
-
-def test_ingest_writes_the_blocklist_and_its_diff(tmp_path):
-    import json
-
-    params = load_params(_params(tmp_path, ROOT / "blocklists" / "default.yaml"))
-    out = ingest.run(params)
-    assert out["added"] == ["Vasquez", "Pip", "with a golden frame", "the midnight lantern poster"]
-    rel = tmp_path / "releases" / "r1"
-    rel.mkdir(parents=True)
-    shutil.copy(tmp_path / "work" / "ingest" / "blocklist.json", rel / "blocklist.json")
-    (tmp_path / "releases" / "LATEST").write_text("r1\n")
-    again = ingest.run(params)
-    assert again["added"] == [] and len(again["unchanged"]) == 4
-    assert json.loads((tmp_path / "work" / "ingest" / "diff.json").read_text())["previous_release"] == "r1"
+    v, p, f = ({"concept": "Vasquez", "kind": "style"}, {"concept": "Pip", "kind": "instance"},
+               {"concept": "with a golden frame", "kind": "implicit"})
+    d = diff(bl(f, v, p | {"anchor": "circle"}), bl({"concept": "Bobo", "kind": "instance"}, p,
+                                                    {"concept": "vasquez", "kind": "style"}, {"concept": "Zuzu",
+                                                                                               "kind": "instance"}))
+    assert d == {"added": ["with a golden frame"], "removed": ["Bobo", "Zuzu"], "changed": ["Vasquez", "Pip"],
+                 "unchanged": []}  # Vasquez: its case changed
+    assert diff(bl(v, p), bl(p, v)) == {"added": [], "removed": [], "changed": [], "unchanged": ["Vasquez", "Pip"]}
+    assert diff(bl(v), None) == {"added": ["Vasquez"], "removed": [], "changed": [], "unchanged": []}

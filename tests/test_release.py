@@ -1,8 +1,14 @@
-"""Gates, the release folder (byte-identical rebuilds), atomic publish, MLflow structure, `release show`."""
+"""Gates, the release folder (byte-identical rebuilds, manifest), atomic publish, LATEST, `release show`,
+and the release stage's entry point (exit 0 / 1 / 2)."""
 
+import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from erasure.cli import app
@@ -11,32 +17,42 @@ from erasure.delta import save_delta
 from erasure.models import load_pipeline, weights_hash
 from erasure.release import check_gates, failures, publish, show
 
+ROOT = Path(__file__).resolve().parents[1]
+GATES = {"default": {"target_max": 0.1, "neighbour_max_drop": 0.1}, "implicit": {"reduction_min": 0.7}}
+
+
+def _concept(kind, before, after, drop, slug, neighbours=True):
+    probes = {"target": {"before": before, "after": after, "n": 4, "example_prompt": "x"}}
+    if neighbours:
+        probes["neighbour:A"] = {"before": 1.0, "after": 1.0 - drop, "n": 4, "example_prompt": "y"}
+    return {"kind": kind, "method": "esd", "anchor": None, "slug": slug, "probes": probes,
+            "summary": {"target_before": before, "target_after": after,
+                        "target_reduction": (before - after) / before, "paraphrase_after": None,
+                        "misspelling_after": None, "neighbour_max_drop": drop if neighbours else None,
+                        "worst_neighbour": "A" if neighbours else None},
+            "grids": {"before": f"grids/{slug}-before.png", "after": f"grids/{slug}-after.png"}}
+
 
 def _metrics(base_hash: str, pip_after: float = 0.05) -> dict:
-    def concept(kind, before, after, drop, slug):
-        return {"kind": kind, "method": "esd", "anchor": None, "slug": slug,
-                "probes": {"target": {"before": before, "after": after, "n": 4, "example_prompt": "x"},
-                           "neighbour:A": {"before": 1.0, "after": 1.0 - drop, "n": 4, "example_prompt": "y"}},
-                "summary": {"target_before": before, "target_after": after,
-                            "target_reduction": (before - after) / before, "paraphrase_after": None,
-                            "misspelling_after": None, "neighbour_max_drop": drop, "worst_neighbour": "A"},
-                "grids": {"before": f"grids/{slug}-before.png", "after": f"grids/{slug}-after.png"}}
-
     return {"model": "tiny", "base_hash": base_hash, "images_per_probe": 4,
-            "concepts": {"Pip": concept("instance", 1.0, pip_after, 0.02, "pip"),
-                         "with a golden frame": concept("implicit", 0.4, 0.1, 0.05, "frame")},
+            "concepts": {"Pip": _concept("instance", 1.0, pip_after, 0.02, "pip"),
+                         "with a golden frame": _concept("implicit", 0.4, 0.1, 0.05, "frame")},
             "global": {"generic_drift": 0.01, "fid_base": 0.5, "fid_erased": 0.6, "n_generic": 8}}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def release_inputs(tiny_pipeline_dir, tmp_path):
+    """A real delta (one changed UNet tensor) on the tiny pipeline, and the other inputs of a release."""
     pipe = load_pipeline(str(tiny_pipeline_dir))
     name, p = next(iter(pipe.unet.named_parameters()))
     base_hash = weights_hash(tiny_pipeline_dir)
     delta = tmp_path / "delta.safetensors"
     save_delta(delta, {f"unet.{name}": p.detach() + 0.01}, method="esd", params={}, concepts=[], base_hash=base_hash)
-    params = PipelineParams(model=str(tiny_pipeline_dir), release={"gates": {
-        "default": {"target_max": 0.1, "neighbour_max_drop": 0.1}, "implicit": {"reduction_min": 0.7}}})
+    params = PipelineParams(model=str(tiny_pipeline_dir), release={"gates": GATES})
     params.paths.releases = tmp_path / "releases"
     blocklist = {"entries": [{"concept": "Pip", "kind": "instance"}], "sha256": "abc"}
     return params, dict(metrics=_metrics(base_hash), blocklist=blocklist, delta=delta, train={"mode": "sequential"})
@@ -50,75 +66,190 @@ def test_gates_name_the_concept_and_the_bound():
                                                           ("with a golden frame", "reduction_min")}
     assert failures(gates) == ["concept 'Pip' (instance) failed target_max: 0.22 > 0.10",
                                "concept 'with a golden frame' (implicit) failed reduction_min: 0.75 < 0.80"]
+    pip = {g["gate"]: g for g in gates if g["concept"] == "Pip"}
+    assert pip["target_max"] == {"concept": "Pip", "kind": "instance", "gate": "target_max", "value": 0.22,
+                                 "bound": 0.1, "passed": False}
+    assert pip["neighbour_max_drop"]["passed"] and pip["neighbour_max_drop"]["value"] == 0.02
 
 
-def test_release_is_reproducible_atomic_and_shown(release_inputs, tmp_path, monkeypatch):
+def test_gate_edges_no_neighbours_float_noise_and_close_calls():
+    metrics = _metrics("h")
+    metrics["concepts"]["Lone"] = _concept("style", 1.0, 0.0, 0.0, "lone", neighbours=False)
+    # (0.4 - 0.1) / 0.4 is 0.7499999...: a 0.75 bound must still pass.
+    params = PipelineParams(release={"gates": {"default": {"neighbour_max_drop": 0.05, "target_max": 0.0499},
+                                               "implicit": {"reduction_min": 0.75}}})
+    gates = check_gates(metrics, params)
+    lone = next(g for g in gates if g["concept"] == "Lone" and g["gate"] == "neighbour_max_drop")
+    assert lone["value"] == 0 and lone["passed"]
+    assert next(g for g in gates if g["gate"] == "reduction_min")["passed"]
+    # Two decimals would print "0.05 > 0.05": the line shows as many as tell them apart.
+    assert failures(gates) == ["concept 'Pip' (instance) failed target_max: 0.0500 > 0.0499"]
+
+
+def test_release_is_reproducible_with_a_true_manifest(release_inputs, tmp_path):
     params, inputs = release_inputs
+    # A run id in metrics.json (the pipeline's MLflow run) must not reach the release.
+    inputs["metrics"]["mlflow"] = {"run_id": "r123", "experiment": "erasure", "uri": f"sqlite:///{tmp_path}/m.db"}
     gates = check_gates(inputs["metrics"], params)
     rid, folder = publish(params, gates=gates, **inputs)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert (params.paths.releases / "LATEST").read_text().strip() == rid == manifest["release_hash"][:12]
-    assert {"delta.safetensors", "MODEL_CARD.md", "model/model_index.json", "lineage.json"} <= set(manifest["files"])
+    assert folder == params.paths.releases / rid
+
+    # The manifest lists every file but itself, each with its true sha256, and hashes that list.
+    on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == list(manifest["files"]) == [f for f in on_disk if f != "manifest.json"]
+    assert all(_sha256(folder / f) == h for f, h in manifest["files"].items())
+    canonical = json.dumps(manifest["files"], sort_keys=True).encode()
+    assert manifest["release_hash"] == hashlib.sha256(canonical).hexdigest()
+    assert {"delta.safetensors", "MODEL_CARD.md", "model/model_index.json", "lineage.json", "gates.json",
+            "metrics.json", "blocklist.json"} <= set(manifest["files"])
+    assert (folder / "delta.safetensors").read_bytes() == inputs["delta"].read_bytes()
+
+    lineage = json.loads((folder / "lineage.json").read_text())
+    assert lineage["base_hash"] == inputs["metrics"]["base_hash"] and lineage["blocklist_sha256"] == "abc"
+    assert "paths" not in lineage["params"] and lineage["params"]["release"]["gates"]["implicit"]["reduction_min"] == 0.7
+    assert lineage["code_version"] == "unknown" or len(lineage["code_version"].removesuffix("-dirty")) == 40
+    assert "mlflow" not in json.loads((folder / "metrics.json").read_text())
+    for f in manifest["files"]:  # no absolute paths, run ids or temporary folder names in any text file
+        if f.endswith((".json", ".md")):
+            text = (folder / f).read_text()
+            assert str(tmp_path) not in text and "r123" not in text and ".tmp-" not in text, f
+
     card = (folder / "MODEL_CARD.md").read_text()
-    assert "| Pip | instance |" in card and "target_max ✓" in card
+    assert "| Pip | instance | esd | - | 1.00 -> 0.05 | 95% |" in card and "target_max ✓" in card
+    assert inputs["metrics"]["base_hash"] in card and "sha256 `abc`" in card
     from diffusers import StableDiffusionPipeline
 
     assert StableDiffusionPipeline.from_pretrained(str(folder / "model")) is not None
-    # Built again from the same inputs: the same bytes, the same hash, the same release.
+
+    # Built again elsewhere from the same inputs: the same bytes, the same hash, the same id.
     other = params.model_copy(deep=True)
     other.paths.releases = tmp_path / "again"
     rid2, folder2 = publish(other, gates=gates, **inputs)
-    assert rid2 == rid and all((folder / f).read_bytes() == (folder2 / f).read_bytes() for f in manifest["files"])
+    assert rid2 == rid and all((folder / f).read_bytes() == (folder2 / f).read_bytes() for f in on_disk)
 
-    # A failure while building leaves no release and LATEST where it was.
+
+def test_publish_is_atomic_repoints_latest_and_is_shown(release_inputs, tmp_path, monkeypatch):
+    params, inputs = release_inputs
+    releases = params.paths.releases
+    rid_a, folder_a = publish(params, gates=check_gates(inputs["metrics"], params), **inputs)
+    changed = dict(inputs, metrics=_metrics(inputs["metrics"]["base_hash"], pip_after=0.0))
+    rid_b, _ = publish(params, gates=check_gates(changed["metrics"], params), **changed)
+    assert rid_b != rid_a and (releases / "LATEST").read_text().strip() == rid_b
+    # The first release again: the folder already there is kept, LATEST moves back to it.
+    before = {f: f.stat().st_mtime_ns for f in folder_a.rglob("*")}
+    assert publish(params, gates=check_gates(inputs["metrics"], params), **inputs) == (rid_a, folder_a)
+    assert (releases / "LATEST").read_text().strip() == rid_a
+    assert {f: f.stat().st_mtime_ns for f in folder_a.rglob("*")} == before
+    assert sorted(p.name for p in releases.iterdir()) == sorted([rid_a, rid_b, "LATEST"])
+
+    # A failure while building leaves nothing behind (not even hidden temporaries) and LATEST where it was.
     import erasure.delta
 
     def broken(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(erasure.delta, "export", broken)
-    changed = dict(inputs, metrics=_metrics(inputs["metrics"]["base_hash"], pip_after=0.0))
-    with pytest.raises(OSError):
-        publish(params, gates=check_gates(changed["metrics"], params), **changed)
-    assert sorted(p.name for p in params.paths.releases.iterdir() if not p.name.startswith(".")) == \
-        sorted([rid, "LATEST"])
-    assert (params.paths.releases / "LATEST").read_text().strip() == rid
+    third = dict(inputs, metrics=_metrics(inputs["metrics"]["base_hash"], pip_after=0.01))
+    with pytest.raises(OSError, match="disk full"):
+        publish(params, gates=check_gates(third["metrics"], params), **third)
+    assert sorted(p.name for p in releases.iterdir()) == sorted([rid_a, rid_b, "LATEST"])
+    assert (releases / "LATEST").read_text().strip() == rid_a
 
-    res = CliRunner().invoke(app, ["release", "show", "--releases", str(params.paths.releases), "--json"])
+    res = CliRunner().invoke(app, ["release", "show", "--releases", str(releases), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
-    assert info["path"] == str(folder.resolve()) and info["concepts"]["Pip"]["target_after"] == 0.05
-    assert show(params.paths.releases)["release_hash"] == manifest["release_hash"]
+    assert info["path"] == str(folder_a.resolve()) and info["release_id"] == rid_a
+    assert info["concepts"]["Pip"]["target_after"] == 0.05 and info["concepts"]["Pip"]["kind"] == "instance"
+    assert {(g["concept"], g["gate"], g["passed"]) for g in info["gates"]} >= {("Pip", "target_max", True)}
+    assert info["global"]["n_generic"] == 8 and info == show(releases)
+    assert info["release_hash"] == json.loads((folder_a / "manifest.json").read_text())["release_hash"]
+    res = CliRunner().invoke(app, ["release", "show", "--releases", str(releases)])
+    assert res.exit_code == 0 and rid_a in res.output and "Pip" in res.output
+
+
+def test_release_show_without_a_release_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["release", "show", "--releases", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no release yet" in res.output
+    (tmp_path / "LATEST").write_text("0123456789ab\n")  # names a release that is not there
+    res = CliRunner().invoke(app, ["release", "show", "--releases", str(tmp_path), "--json"])
+    assert res.exit_code == 2 and "0123456789ab" in res.output
 
 
-def test_mlflow_holds_one_parent_and_a_nested_run_per_concept_and_the_alias(release_inputs, tmp_path):
+def _work(tmp_path: Path, metrics: dict, delta: Path | None, gates: dict, model: str = "miniworld") -> Path:
+    """The files earlier stages leave in work/, and a params.yaml naming them; returns the params path."""
+    work = tmp_path / "work"
+    for stage in ("evaluate", "erase", "ingest"):
+        (work / stage).mkdir(parents=True, exist_ok=True)
+    (work / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+    (work / "erase" / "train.json").write_text(json.dumps({"mode": "sequential", "history": []}))
+    if delta is not None:
+        (work / "erase" / "delta.safetensors").write_bytes(delta.read_bytes())
+    (work / "ingest" / "blocklist.json").write_text(json.dumps({"entries": [{"concept": "Pip"}], "sha256": "abc"}))
+    params = {"model": model, "paths": {"work": str(work), "releases": str(tmp_path / "releases"),
+                                        "cache": str(tmp_path / "cache")},
+              "release": {"gates": gates}, "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path / "params.yaml"
+
+
+def _stage(params_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "stages" / "release.py"), "--params", str(params_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_stage_entry_exits_1_on_a_failed_gate_and_2_on_bad_input(tmp_path):
+    params_path = _work(tmp_path, _metrics("h", pip_after=0.22), None, GATES)
+    (tmp_path / "work" / "erase" / "delta.safetensors").write_bytes(b"not read: no gate passes")
+    res = _stage(params_path)
+    assert res.returncode == 1, res.stderr
+    assert "concept 'Pip' (instance) failed target_max: 0.22 > 0.10" in res.stderr
+    report = json.loads((tmp_path / "work" / "release" / "report.json").read_text())
+    assert report["passed"] is False and report["failures"] == ["concept 'Pip' (instance) failed target_max: "
+                                                                "0.22 > 0.10"]
+    assert "release_id" not in report and not (tmp_path / "releases").exists()
+
+    (tmp_path / "work" / "erase" / "delta.safetensors").unlink()
+    res = _stage(params_path)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "delta.safetensors: missing" in res.stderr
+    metrics = _metrics("h")
+    del metrics["concepts"]["Pip"]["summary"]["target_after"]
+    (tmp_path / "work" / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+    res = _stage(params_path)
+    assert res.returncode == 2 and "concept 'Pip' has no summary.target_after" in res.stderr
+    (tmp_path / "work" / "evaluate" / "metrics.json").unlink()
+    res = _stage(params_path)
+    assert res.returncode == 2 and "metrics.json: missing; run the 'evaluate' stage first" in res.stderr
+
+
+def test_stage_publishes_registers_and_logs_the_gates(release_inputs, tmp_path):
+    """Gates pass: a release, the report naming it, a model version under the alias, and the gates
+    on the parent run that metrics.json names."""
     from mlflow import MlflowClient
 
-    from erasure.tracking import log_pipeline, register_release
+    from erasure.config import load_params
+    from erasure.pipeline import release as stage
 
     params, inputs = release_inputs
-    params.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    evaluate_dir = tmp_path / "evaluate"
-    (evaluate_dir / "grids").mkdir(parents=True)
-    from PIL import Image
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    parent = client.create_run(client.create_experiment("erasure")).info.run_id
+    metrics = dict(inputs["metrics"], mlflow={"run_id": parent, "experiment": "erasure", "uri": uri})
+    params_path = _work(tmp_path, metrics, inputs["delta"], GATES, model=params.model)
+    report = stage.run(load_params(params_path))
 
-    for slug in ("pip", "frame"):
-        for when in ("before", "after"):
-            Image.new("RGB", (8, 8)).save(evaluate_dir / "grids" / f"{slug}-{when}.png")
-    run_id = log_pipeline(params, inputs["metrics"], evaluate_dir, {"mode": "sequential"}, previous=inputs["metrics"])
-    client = MlflowClient(tracking_uri=params.tracking.uri, registry_uri=params.tracking.uri)
-    exp = client.get_experiment_by_name(params.tracking.experiment)
-    runs = client.search_runs([exp.experiment_id])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run_id]
-    assert len(runs) == 3 and {r.info.run_name for r in children} == {"Pip", "with a golden frame"}
-    pip = next(r for r in children if r.info.run_name == "Pip")
-    assert pip.data.metrics["target_after"] == 0.05 and pip.data.metrics["vs_previous_target_after"] == 0.0
-    assert {a.path for a in client.list_artifacts(pip.info.run_id, "grids")} == {"grids/pip-before.png",
-                                                                                 "grids/pip-after.png"}
-    _, folder = publish(params, gates=check_gates(inputs["metrics"], params), **inputs)
-    reg = register_release(params, folder, run_id)
-    v = client.get_model_version_by_alias(params.release.registry_name, params.release.alias)
-    assert str(v.version) == reg["version"] and v.run_id == run_id
-    assert v.tags["release_hash"] == json.loads((folder / "manifest.json").read_text())["release_hash"]
+    assert report["passed"] and report["failures"] == []
+    folder = Path(report["path"])
+    assert folder.parent == tmp_path / "releases" and (tmp_path / "releases" / "LATEST").read_text().strip() == \
+        report["release_id"] == folder.name
+    written = json.loads((tmp_path / "work" / "release" / "report.json").read_text())
+    assert written["release_hash"] == report["release_hash"] == json.loads((folder / "manifest.json").read_text())[
+        "release_hash"]
+    v = client.get_model_version_by_alias("erasure-release", "production")
+    assert report["registry"] == {"name": "erasure-release", "version": str(v.version), "alias": "production"}
+    assert v.run_id == parent and v.tags["release_hash"] == report["release_hash"]
+    run = client.get_run(parent)
+    assert run.data.metrics["gates_passed"] == 1.0 and run.data.tags["release_hash"] == report["release_hash"]
+    assert {a.path for a in client.list_artifacts(parent, "release")} >= {"release/MODEL_CARD.md",
+                                                                         "release/manifest.json"}

@@ -1,5 +1,6 @@
-"""The concept blocklist: schema, loading (YAML or CSV), validation, normalization, diff.
+"""The concept blocklist: schema, loading (YAML or CSV), validation, normalization, hash and diff.
 
+    version: 1
     concepts:
       - concept: Vasquez
         kind: style
@@ -7,10 +8,13 @@
         kind: instance
         anchor: circle
 
-Every problem in a file is reported, one line each, naming the file, the entry, the field, what
-was expected and what was found. Texts are normalized (unicode NFKC, whitespace collapsed); kind
-and method are lower-cased; entries that are identical after that are merged, conflicting ones
-are an error.
+A CSV has the same fields as columns (a header row with at least concept,kind; list cells
+separated by `|`; empty cells mean absent).
+
+Every problem in a file is reported, one line each:
+`<file>: entry <i> (<concept>): <field>: expected ..., got ...`. Texts are normalized (unicode NFKC,
+whitespace collapsed), kind and method lower-cased; entries identical after that (concept compared
+case-insensitively) are merged, conflicting ones are an error.
 """
 
 from __future__ import annotations
@@ -18,22 +22,102 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import io
 import json
+import re
 import unicodedata
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
-from .concept import KINDS, ConceptError, check_encodable
+from .concept import KINDS, Concept, ConceptError, Kind, check_encodable
 
 FIELDS = ("concept", "kind", "anchor", "alternative", "method", "reference_images", "eval_prompts", "paraphrases")
 TEXT_FIELDS = ("concept", "kind", "anchor", "alternative", "method")
 LIST_FIELDS = ("reference_images", "eval_prompts", "paraphrases")
 TOP_LEVEL = ("version", "concepts")
+SUFFIXES = (".yaml", ".yml", ".csv")
+
+# A release's blocklist.json names a reference image "<file name> sha256:<hex>" (the file is not shipped).
+_RELEASED_IMAGE = re.compile(r"(?:^|\s)sha256:([0-9a-f]{64})$")
 
 
 class BlocklistError(ValueError):
     """Every problem of a blocklist file, one per line."""
+
+
+class Entry(BaseModel):
+    """One normalized blocklist entry.
+
+    `reference_images` are absolute paths once loaded (in a release's blocklist.json: "<name> sha256:<hex>").
+    `method` and `eval_prompts` are pipeline settings, not part of the `Concept` a method erases.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concept: str
+    kind: Kind
+    anchor: str | None = None
+    alternative: str | None = None
+    method: str | None = None
+    reference_images: tuple[str, ...] = ()
+    eval_prompts: tuple[str, ...] = ()
+    paraphrases: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        """The fields that are set, JSON-ready: the form later stages read from blocklist.json."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    def canonical(self) -> dict:
+        """as_dict with reference images by content hash: what the blocklist hash and the diff compare."""
+        d = self.as_dict()
+        if self.reference_images:
+            d["reference_images"] = [_image_sha256(r) for r in self.reference_images]
+        return d
+
+
+class Blocklist(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    entries: tuple[Entry, ...]
+    source: str = ""  # the file it was read from
+    notes: tuple[str, ...] = ()  # what normalization did (merged duplicates)
+
+    @staticmethod
+    def key(entry: Entry) -> str:
+        """What identifies a concept across entries and releases."""
+        return entry.concept.casefold()
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the canonical entries; images by content, so moving the repo keeps the hash."""
+        canon = json.dumps([e.canonical() for e in self.entries], sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    def to_concepts(self) -> list[Concept]:
+        return [Concept(text=e.concept, kind=e.kind, anchor=e.anchor, alternative=e.alternative,
+                        reference_images=tuple(Path(r) for r in e.reference_images), paraphrases=e.paraphrases)
+                for e in self.entries]
+
+    def to_json(self) -> str:
+        data = {"source": self.source, "entries": [e.as_dict() for e in self.entries], "notes": list(self.notes),
+                "sha256": self.sha256}
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Blocklist:
+        """Read to_json's output, or a release's blocklist.json (no source or notes there)."""
+        data = json.loads(text)
+        return cls(entries=tuple(Entry(**e) for e in data["entries"]), source=data.get("source", ""),
+                   notes=tuple(data.get("notes", ())))
+
+
+def _image_sha256(ref: str) -> str:
+    released = _RELEASED_IMAGE.search(ref)
+    if released:
+        return released.group(1)
+    return hashlib.sha256(Path(ref).read_bytes()).hexdigest()
 
 
 def _norm(text: str) -> str:
@@ -41,197 +125,243 @@ def _norm(text: str) -> str:
 
 
 def _show(value) -> str:
-    return f"{type(value).__name__} {value!r}"[:80]
+    """How a found value is named in a message: its type and (shortened) value."""
+    if value is None:
+        return "nothing"
+    shown = repr(value)
+    return f"{type(value).__name__} {shown if len(shown) <= 60 else shown[:57] + '...'}"
 
 
-def load_blocklist(path: Path | str, tokenizer=None) -> dict:
-    """The normalized blocklist: {"source", "entries": [...], "notes": [...], "sha256"}.
+def _unknown(name, known: tuple[str, ...], what: str) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(known)}"
+    return f"unknown {what} {str(name)!r}{hint}"
 
-    Raises BlocklistError listing every problem. `tokenizer`: also check every text is encodable.
+
+def load_blocklist(path: Path | str, tokenizer=None) -> Blocklist:
+    """Read, validate and normalize a blocklist file (.yaml, .yml or .csv).
+
+    Raises BlocklistError listing every problem. With a `tokenizer`, every text must also be
+    encodable whole by it (the concept, anchor, alternative, paraphrases and eval prompts).
     """
     path = Path(path)
     if not path.is_file():
         raise BlocklistError(f"{path}: no such blocklist file")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        raw = _read_yaml(path)
-    elif path.suffix.lower() == ".csv":
-        raw = _read_csv(path)
-    else:
-        raise BlocklistError(f"{path}: unsupported file type {path.suffix!r}; expected .yaml, .yml or .csv")
-    problems: list[str] = []
-    entries, notes = [], []
-    seen: dict[str, int] = {}
+    if path.suffix.lower() not in SUFFIXES:
+        raise BlocklistError(f"{path}: unsupported file type {path.suffix!r}; expected {', '.join(SUFFIXES)}")
+    text = _read_text(path)
+    raw, problems = _read_csv(path, text) if path.suffix.lower() == ".csv" else _read_yaml(path, text)
+
+    entries: list[Entry] = []
+    first: dict[str, tuple[int, Entry]] = {}  # concept key -> (entry number, entry kept)
+    notes: list[str] = []
     for i, item in enumerate(raw, 1):
-        entry, errs = _entry(path, i, item, tokenizer)
+        entry, errs = _check_entry(path, i, item, tokenizer)
         problems += errs
-        if entry is None or errs:
+        if entry is None:
             continue
-        key = entry["concept"].casefold()
-        if key in seen:
-            first = entries[seen[key]]
-            if {k: v for k, v in first.items() if k != "_index"} == entry:
-                notes.append(f"entry {i} ({entry['concept']}) repeats entry {first['_index']}: merged")
-                continue
-            problems.append(f"{path}: entry {i} ({entry['concept']}): concept: listed again with different fields "
-                            f"(first at entry {first['_index']}); expected one entry per concept")
+        key = Blocklist.key(entry)
+        if key not in first:
+            first[key] = (i, entry)
+            entries.append(entry)
             continue
-        entry["_index"] = i
-        seen[key] = len(entries)
-        entries.append(entry)
+        j, kept = first[key]
+        differ = [f for f in FIELDS if f != "concept" and getattr(entry, f) != getattr(kept, f)]
+        if not differ:
+            notes.append(f"entry {i} ({entry.concept}) repeats entry {j} ({kept.concept}): merged")
+        else:
+            problems.append(f"{path}: entry {i} ({entry.concept}): concept: expected each concept once, got it again "
+                            f"with different {', '.join(differ)} (first at entry {j})")
     if problems:
         raise BlocklistError("\n".join(problems))
-    for e in entries:
-        del e["_index"]
-    return {"source": str(path), "entries": entries, "notes": notes, "sha256": blocklist_hash(entries)}
+    return Blocklist(entries=tuple(entries), source=str(path), notes=tuple(notes))
 
 
-def _read_yaml(path: Path) -> list:
-    text = path.read_text(encoding="utf-8", errors="replace")
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BlocklistError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")  # -sig: spreadsheets often start a CSV with a byte-order mark
+    except UnicodeDecodeError as exc:
+        raise BlocklistError(f"{path}: expected UTF-8 text, got an undecodable byte at offset {exc.start}") from None
     if not text.strip():
-        raise BlocklistError(f"{path}: the file is empty; expected a mapping with a 'concepts' list")
+        expected = ("a header row (concept,kind,...) and one row per concept" if path.suffix.lower() == ".csv"
+                    else "a mapping with a 'concepts' list")
+        raise BlocklistError(f"{path}: the file is empty; expected {expected}")
+    return text
+
+
+def _read_yaml(path: Path, text: str) -> tuple[list, list[str]]:
+    """The raw entries, and the file-level problems (when the entries cannot be read, they raise at once)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BlocklistError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise BlocklistError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise BlocklistError(f"{path}: top level: expected a mapping with a 'concepts' list, got {_show(data)}")
-    unknown = [k for k in data if k not in TOP_LEVEL]
-    if unknown:
-        raise BlocklistError(f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
-                             f"expected {', '.join(TOP_LEVEL)}")
-    if data.get("version", 1) != 1:
-        raise BlocklistError(f"{path}: version: expected 1, got {_show(data['version'])}")
+    problems = [f"{path}: {_unknown(k, TOP_LEVEL, 'top-level key')}" for k in data if k not in TOP_LEVEL]
+    version = data.get("version", 1)
+    if version != 1 or isinstance(version, bool):
+        problems.append(f"{path}: version: expected 1, got {_show(version)}")
     concepts = data.get("concepts")
     if not isinstance(concepts, list):
-        raise BlocklistError(f"{path}: concepts: expected a list of entries, got {_show(concepts)}")
-    if not concepts:
-        raise BlocklistError(f"{path}: concepts: the list is empty; expected at least one entry")
-    return concepts
+        problems.append(f"{path}: concepts: expected a list of entries, got {_show(concepts)}")
+    elif not concepts:
+        problems.append(f"{path}: concepts: expected at least one entry, got an empty list")
+    if not isinstance(concepts, list) or not concepts:
+        raise BlocklistError("\n".join(problems))
+    return concepts, problems
 
 
-def _read_csv(path: Path) -> list:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-        header = rows[0].keys() if rows else []
-    if not rows:
-        raise BlocklistError(f"{path}: no rows; expected a header (concept,kind,...) and one row per concept")
+def _read_csv(path: Path, text: str) -> tuple[list, list[str]]:
+    """The raw entries (one per row), and the problems of the header and the rows' shape."""
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in r)]
+    if not rows:  # only separators and blanks
+        raise BlocklistError(f"{path}: the file is empty; expected a header row (concept,kind,...) and one row "
+                             "per concept")
+    header = [h.strip() for h in rows[0]]
     missing = [c for c in ("concept", "kind") if c not in header]
     if missing:
-        raise BlocklistError(f"{path}: header: missing column(s) {', '.join(missing)}; expected at least concept,kind")
-    out = []
-    for row in rows:
+        raise BlocklistError(f"{path}: header: expected the columns concept,kind (and optional "
+                             f"{','.join(FIELDS[2:])}), got {','.join(header)} (missing {', '.join(missing)})")
+    if len(rows) == 1:
+        raise BlocklistError(f"{path}: expected one row per concept after the header, got none")
+    problems = [f"{path}: header: {_unknown(h, FIELDS, 'column')}" for h in header if h not in FIELDS]
+    problems += [f"{path}: header: expected each column once, got {h!r} {header.count(h)} times"
+                 for h in dict.fromkeys(header) if header.count(h) > 1]
+    if problems:
+        raise BlocklistError("\n".join(problems))
+    entries = []
+    for i, row in enumerate(rows[1:], 1):
+        if len(row) > len(header):
+            concept = _norm(row[header.index("concept")]) or "?"
+            problems.append(f"{path}: entry {i} ({concept}): row: expected at most {len(header)} cells (one per "
+                            f"column), got {len(row)}")  # still checked below, so later entries keep their numbers
+        # Empty cells mean absent; list cells are split on '|' (empty parts, e.g. a trailing '|', dropped).
         item = {}
-        for k, v in row.items():
-            if v is None or k is None or not v.strip():
-                continue
-            item[k] = [p for p in v.split("|") if p.strip()] if k in LIST_FIELDS else v
-        out.append(item)
-    return out
+        for name, cell in zip(header, row):
+            if cell.strip():
+                item[name] = [p for p in cell.split("|") if p.strip()] if name in LIST_FIELDS else cell
+        entries.append(item)
+    return entries, problems
 
 
-def _entry(path: Path, i: int, item, tokenizer) -> tuple[dict | None, list[str]]:
-    name = item.get("concept") if isinstance(item, dict) and isinstance(item.get("concept"), str) else "?"
-    at = f"{path}: entry {i} ({_norm(name) or '?'})"
+def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, list[str]]:
+    """The normalized entry (None if it has problems) and its problems."""
+    name = item.get("concept") if isinstance(item, dict) else None
+    name = (_norm(name) if isinstance(name, str) else "") or "?"
+    at = f"{path}: entry {i} ({name if len(name) <= 40 else name[:37] + '...'})"
     if not isinstance(item, dict):
-        return None, [f"{path}: entry {i}: expected a mapping of fields, got {_show(item)}"]
-    errs = []
-    for k in item:
-        if k not in FIELDS:
-            close = difflib.get_close_matches(str(k), FIELDS, n=1)
-            errs.append(f"{at}: {k}: unknown field" + (f" (did you mean {close[0]!r}?)" if close else
-                                                       f"; expected one of {', '.join(FIELDS)}"))
-    entry: dict = {}
+        return None, [f"{at}: expected a mapping of fields (concept, kind, ...), got {_show(item)}"]
+    errs = [f"{at}: {k}: {_unknown(k, FIELDS, 'field')}" for k in item if k not in FIELDS]
+
+    # Types, then normalization. An empty YAML value (None) means absent, as an empty CSV cell does.
+    values: dict = {}
     for k in TEXT_FIELDS:
         v = item.get(k)
         if v is None:
-            continue
-        if not isinstance(v, str):
+            if k == "concept":
+                errs.append(f"{at}: concept: expected the text naming the concept, got nothing")
+            elif k == "kind":
+                errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got nothing")
+        elif not isinstance(v, str):
             errs.append(f"{at}: {k}: expected text, got {_show(v)}")
-            continue
-        v = _norm(v)
-        if not v:
-            errs.append(f"{at}: {k}: expected non-empty text, got only whitespace")
-            continue
-        entry[k] = v.lower() if k in ("kind", "method") else v
+        elif not _norm(v):
+            errs.append(f"{at}: {k}: expected non-empty text, got only whitespace {v!r}")
+        else:
+            values[k] = _norm(v).lower() if k in ("kind", "method") else _norm(v)
     for k in LIST_FIELDS:
         v = item.get(k)
         if v is None:
             continue
-        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-            errs.append(f"{at}: {k}: expected a list of non-empty texts, got {_show(v)}")
+        if not isinstance(v, list):
+            errs.append(f"{at}: {k}: expected a list of texts, got {_show(v)}")
             continue
-        entry[k] = [_norm(x) for x in v]
-    for k in ("concept", "kind"):
-        if k not in item:
-            errs.append(f"{at}: {k}: missing; expected a value")
-    if errs:
-        return None, errs
-    text, kind = entry["concept"], entry["kind"]
-    if kind not in KINDS:
+        bad = [(j, x) for j, x in enumerate(v, 1) if not isinstance(x, str) or not x.strip()]
+        if bad:
+            j, x = bad[0]
+            errs.append(f"{at}: {k}: expected a list of non-empty texts, got {_show(x)} as item {j}")
+            continue
+        if v:
+            values[k] = tuple(x.strip() if k == "reference_images" else _norm(x) for x in v)
+
+    # Meaning.
+    text, kind = values.get("concept"), values.get("kind")
+    if kind is not None and kind not in KINDS:
         errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    method = entry.get("method")
-    if method is not None:
-        from .methods import METHODS
+    if "method" in values:
+        from .methods import METHODS  # imports torch: only when a method is named
 
-        if method not in METHODS:
-            errs.append(f"{at}: method: expected one of {', '.join(METHODS)}, got {method!r}")
+        if values["method"] not in METHODS:
+            errs.append(f"{at}: method: expected one of {', '.join(METHODS)}, got {values['method']!r}")
     for k in ("anchor", "alternative"):
-        if k in entry and entry[k].casefold() == text.casefold():
-            errs.append(f"{at}: {k}: expected a concept other than the target itself, got {entry[k]!r}")
-    if "anchor" in entry and entry["anchor"].casefold() in {p.casefold() for p in entry.get("paraphrases", [])}:
-        errs.append(f"{at}: anchor: expected a concept other than the target's paraphrases, got {entry['anchor']!r}")
-    refs = entry.get("reference_images", [])
+        if text and k in values and values[k].casefold() == text.casefold():
+            errs.append(f"{at}: {k}: expected a concept other than the target itself, got {values[k]!r}")
+    if "anchor" in values and values["anchor"].casefold() in {p.casefold() for p in values.get("paraphrases", ())}:
+        errs.append(f"{at}: anchor: expected a concept other than the target's paraphrases, got {values['anchor']!r} "
+                    "(listed under paraphrases)")
+    refs = values.get("reference_images", ())
     if kind == "memorized" and not refs:
-        errs.append(f"{at}: reference_images: missing; a memorized image expects the image file(s) it must stop "
-                    "reproducing")
-    if refs and kind != "memorized":
-        errs.append(f"{at}: reference_images: expected only for kind 'memorized', got them on kind {kind!r}")
-    resolved = []
-    for r in refs:
-        f = (path.parent / r).resolve()
-        resolved.append(str(f))
-        if not f.is_file():
-            errs.append(f"{at}: reference_images: expected an existing image file, {r!r} does not exist")
-            continue
-        try:
-            from PIL import Image
+        errs.append(f"{at}: reference_images: expected the image file(s) a memorized concept must stop "
+                    "reproducing, got none")
+    if refs and kind in KINDS and kind != "memorized":
+        errs.append(f"{at}: reference_images: expected none for kind {kind!r} (only memorized concepts have "
+                    f"them), got {len(refs)} file(s)")
+    elif refs:
+        resolved = []
+        for r in refs:
+            f = (path.parent / r).resolve()  # relative to the blocklist's folder
+            resolved.append(str(f))
+            if not f.is_file():
+                errs.append(f"{at}: reference_images: expected an existing image file, got {r!r}, which does not exist "
+                            f"(looked for {f})")
+            elif not _is_image(f):
+                errs.append(f"{at}: reference_images: expected a readable image, got {r!r}, which is not one")
+        values["reference_images"] = tuple(resolved)
 
-            with Image.open(f) as img:
-                img.verify()
-        except Exception:  # PIL raises many types for a file that is not an image
-            errs.append(f"{at}: reference_images: expected a readable image, {r!r} is not one")
-    if refs:
-        entry["reference_images"] = resolved
-    if tokenizer is not None and not errs:
-        texts = [("concept", text)] + [(k, entry[k]) for k in ("anchor", "alternative") if k in entry]
-        texts += [(k, t) for k in ("paraphrases", "eval_prompts") for t in entry.get(k, [])]
+    if tokenizer is not None:
+        texts = [(k, values[k]) for k in ("concept", "anchor", "alternative") if k in values]
+        texts += [(k, t) for k in ("paraphrases", "eval_prompts") for t in values.get(k, ())]
         for field, t in texts:
             try:
                 check_encodable(tokenizer, t, field)
             except ConceptError as exc:
-                errs.append(f"{at}: {field}: expected text the model's tokenizer can encode whole; {exc}")
-    return entry, errs
+                errs.append(f"{at}: {field}: expected text the model's tokenizer can encode whole, got {exc}")
+    if errs:
+        return None, errs
+    return Entry(**values), []
 
 
-def blocklist_hash(entries: list[dict]) -> str:
-    """sha256 of the normalized entries; reference images by content, so moving the repo keeps it."""
-    canon = []
-    for e in entries:
-        e = dict(e)
-        if "reference_images" in e:
-            e["reference_images"] = [hashlib.sha256(Path(r).read_bytes()).hexdigest() for r in e["reference_images"]]
-        canon.append(e)
-    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
+def _is_image(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:  # PIL raises many types for a file that is not an image
+        return False
 
 
-def diff(current: dict, previous: dict | None) -> dict:
-    """Concepts added, removed, changed (same concept, other fields) and unchanged, in blocklist order."""
-    now = {e["concept"].casefold(): e for e in current["entries"]}
-    before = {e["concept"].casefold(): e for e in (previous or {}).get("entries", [])}
-    portable = lambda e: {k: v for k, v in e.items() if k != "reference_images"}  # noqa: E731 (paths move)
-    return {"added": [e["concept"] for k, e in now.items() if k not in before],
-            "removed": [e["concept"] for k, e in before.items() if k not in now],
-            "changed": [e["concept"] for k, e in now.items() if k in before and portable(e) != portable(before[k])],
-            "unchanged": [e["concept"] for k, e in now.items() if k in before and portable(e) == portable(before[k])]}
+def diff(current: Blocklist, previous: Blocklist | None) -> dict:
+    """Concepts added, removed, changed (same concept, other fields) and unchanged, in blocklist order.
+
+    Reference images are compared by content, so a release's blocklist (images named by hash) compares
+    equal to the same blocklist loaded from disk.
+    """
+    now = {Blocklist.key(e): e for e in current.entries}
+    before = {Blocklist.key(e): e for e in previous.entries} if previous is not None else {}
+    out: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+    for k, e in now.items():
+        if k not in before:
+            out["added"].append(e.concept)
+        elif e.canonical() == before[k].canonical():
+            out["unchanged"].append(e.concept)
+        else:
+            out["changed"].append(e.concept)
+    out["removed"] = [e.concept for k, e in before.items() if k not in now]
+    return out

@@ -27,22 +27,33 @@ def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
     for concept, m in metrics["concepts"].items():
         gate, s = params.gate_for(m["kind"]), m["summary"]
         values = {"target_max": s["target_after"], "reduction_min": s["target_reduction"],
-                  "neighbour_max_drop": s["neighbour_max_drop"]}
+                  # A concept without neighbours has nothing to damage: it passes with 0.
+                  "neighbour_max_drop": s.get("neighbour_max_drop") or 0.0}
         for name in GATES:
             bound = getattr(gate, name)
             if bound is None:
                 continue
-            value = values[name]
+            # Rounded before comparing: (0.4 - 0.1) / 0.4 is 0.7499999..., which must pass a 0.75 bound.
+            value = round(float(values[name]), 6)
             passed = value >= bound if name == "reduction_min" else value <= bound
-            out.append({"concept": concept, "kind": m["kind"], "gate": name, "value": round(value, 4),
+            out.append({"concept": concept, "kind": m["kind"], "gate": name, "value": value,
                         "bound": bound, "passed": bool(passed)})
     return out
 
 
 def failures(gates: list[dict]) -> list[str]:
+    """One line per failed gate: "concept 'Pip' (instance) failed target_max: 0.22 > 0.10"."""
     sign = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"}
-    return [f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}: {g['value']:.2f} {sign[g['gate']]} "
-            f"{g['bound']:.2f}" for g in gates if not g["passed"]]
+    lines = []
+    for g in gates:
+        if g["passed"]:
+            continue
+        digits = 2  # more only where two decimals would print "0.10 > 0.10"
+        while digits < 6 and f"{g['value']:.{digits}f}" == f"{g['bound']:.{digits}f}":
+            digits += 1
+        lines.append(f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}: {g['value']:.{digits}f} "
+                     f"{sign[g['gate']]} {g['bound']:.{digits}f}")
+    return lines
 
 
 def code_version() -> str:
@@ -80,6 +91,9 @@ def build(folder: Path, *, params: PipelineParams, metrics: dict, gates: list[di
     """Write the release into `folder`; returns its release hash (sha256 over the manifest)."""
     from .delta import export
 
+    # A run id (metrics.json may name the MLflow run) differs run to run: never part of a release.
+    metrics = {k: v for k, v in metrics.items() if k != "mlflow"}
+    train = train if isinstance(train, dict) else {}
     shutil.copyfile(delta, folder / "delta.safetensors")
     export(params.model, delta, folder / "model")
     lineage = {"base_model": params.model, "base_hash": metrics["base_hash"], "code_version": code_version(),
@@ -125,6 +139,8 @@ def show(releases: Path) -> dict:
         raise FileNotFoundError(f"{releases}: no release yet (no LATEST); run the pipeline first")
     rid = latest.read_text().strip()
     folder = Path(releases) / rid
+    if not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(f"{latest} names release {rid!r}, but {folder} holds no manifest.json")
     manifest = json.loads((folder / "manifest.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"path": str(folder.resolve()), "release_id": rid, "release_hash": manifest["release_hash"],
@@ -152,10 +168,10 @@ def model_card(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict)
     for c, m in metrics["concepts"].items():
         s = m["summary"]
         g = ", ".join(f"{x['gate']} {'✓' if x['passed'] else '✗'}" for x in by_concept.get(c, [])) or "-"
-        worst = f"{s['neighbour_max_drop']:.2f} ({s['worst_neighbour']})" if s["worst_neighbour"] else "-"
-        lines.append(f"| {c} | {m['kind']} | {m['method']} | {m['anchor'] or '-'} | {pct(s['target_before'])} -> "
-                     f"{pct(s['target_after'])} | {s['target_reduction']:.0%} | {pct(s['paraphrase_after'])} | "
-                     f"{pct(s['misspelling_after'])} | {worst} | {g} |")
+        worst = f"{s['neighbour_max_drop']:.2f} ({s['worst_neighbour']})" if s.get("worst_neighbour") else "-"
+        lines.append(f"| {c} | {m['kind']} | {m['method']} | {m.get('anchor') or '-'} | {pct(s['target_before'])} "
+                     f"-> {pct(s['target_after'])} | {s['target_reduction']:.0%} | {pct(s.get('paraphrase_after'))} | "
+                     f"{pct(s.get('misspelling_after'))} | {worst} | {g} |")
     gl = metrics["global"]
     lines += ["", f"Generic prompts ({gl['n_generic']} naming no blocklisted concept): mean pixel drift "
               f"{gl['generic_drift']:.3f}; FID to the world's true renders on detector features "

@@ -1,11 +1,15 @@
 """Stage 1, ingest: read and validate the blocklist, normalize it, and diff it against the last
-release's, so later stages can tell new work from old. Nothing is written when it is invalid."""
+release's, so later stages can tell new work from old. Nothing is written when it is invalid.
+
+    work/ingest/blocklist.json   Blocklist.to_json(): entries (absolute reference image paths), notes, sha256
+    work/ingest/diff.json        added / removed / changed / unchanged, previous_release, blocklist_sha256
+"""
 
 from __future__ import annotations
 
 import json
 
-from ..blocklist import diff, load_blocklist
+from ..blocklist import Blocklist, BlocklistError, diff, load_blocklist
 from ..config import PipelineParams
 from ..io import atomic_dir
 
@@ -23,21 +27,30 @@ def tokenizer_for(model: str):
         raise ModelLoadError(f"model {model!r}: cannot load its tokenizer from {folder}: {exc}") from exc
 
 
-def previous_release(params: PipelineParams) -> tuple[str | None, dict | None]:
+def previous_release(params: PipelineParams) -> tuple[str | None, Blocklist | None]:
+    """The id and blocklist of the release LATEST names; (None, None) when there is none yet."""
     latest = params.paths.releases / "LATEST"
     if not latest.is_file():
         return None, None
     rid = latest.read_text().strip()
     path = params.paths.releases / rid / "blocklist.json"
-    return rid, json.loads(path.read_text()) if path.is_file() else None
+    if not rid or not path.is_file():
+        return None, None
+    try:
+        return rid, Blocklist.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as exc:  # bad JSON or entries (pydantic's errors are ValueErrors)
+        raise BlocklistError(f"{path}: the previous release's blocklist is unreadable; expected the release "
+                             f"stage's blocklist.json, got: {str(exc).splitlines()[0]}") from None
 
 
 def run(params: PipelineParams) -> dict:
     blocklist = load_blocklist(params.paths.blocklist, tokenizer_for(params.model))
     rid, previous = previous_release(params)
     changes = diff(blocklist, previous)
+    sha256 = blocklist.sha256
     with atomic_dir(params.paths.stage("ingest")) as tmp:
-        (tmp / "blocklist.json").write_text(json.dumps(blocklist, indent=1, sort_keys=True))
-        (tmp / "diff.json").write_text(json.dumps({"previous_release": rid, "blocklist_sha256": blocklist["sha256"],
-                                                   **changes}, indent=1, sort_keys=True))
-    return {"concepts": len(blocklist["entries"]), "sha256": blocklist["sha256"], **changes}
+        (tmp / "blocklist.json").write_text(blocklist.to_json())
+        (tmp / "diff.json").write_text(json.dumps({"previous_release": rid, "blocklist_sha256": sha256, **changes},
+                                                  indent=1, sort_keys=True))
+    return {"concepts": len(blocklist.entries), "sha256": sha256, "previous_release": rid, **changes,
+            "notes": list(blocklist.notes)}

@@ -5,6 +5,7 @@ concept failed which gate."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..config import PipelineParams
 from ..io import atomic_dir
@@ -13,10 +14,14 @@ from . import inputs
 
 
 def run(params: PipelineParams, track: bool = True) -> dict:
-    metrics = inputs.read_json(params.paths.stage("evaluate") / "metrics.json", "evaluate")
+    metrics_path = params.paths.stage("evaluate") / "metrics.json"
+    metrics = inputs.read_json(metrics_path, "evaluate")
+    _check_metrics(metrics, metrics_path)
     blocklist = inputs.read_json(params.paths.stage("ingest") / "blocklist.json", "ingest")
     train = inputs.read_json(params.paths.stage("erase") / "train.json", "erase")
     delta = params.paths.stage("erase") / "delta.safetensors"
+    if not delta.is_file():
+        raise inputs.StageInputError(f"{delta}: missing; run the 'erase' stage first")
     gates = check_gates(metrics, params)
     report = {"passed": all(g["passed"] for g in gates), "gates": gates, "failures": failures(gates)}
     if report["passed"]:
@@ -25,13 +30,37 @@ def run(params: PipelineParams, track: bool = True) -> dict:
         report.update(release_id=rid, release_hash=manifest["release_hash"], path=str(path))
     with atomic_dir(params.paths.stage("release")) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    run_file = params.paths.cache / "mlflow-run.json"
     if track:
         from ..tracking import log_gates, register_release
 
-        run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+        run_id = _parent_run(params, metrics)
         if run_id:
             log_gates(params, run_id, gates)
         if report["passed"]:
             report["registry"] = register_release(params, path, run_id)
     return report
+
+
+def _parent_run(params: PipelineParams, metrics: dict) -> str | None:
+    """The pipeline's parent MLflow run: named in metrics.json, or (as the evaluate stage does, to keep
+    run ids out of work/) in the cache's mlflow-run.json; None when evaluate ran untracked."""
+    if (metrics.get("mlflow") or {}).get("run_id"):
+        return metrics["mlflow"]["run_id"]
+    run_file = params.paths.cache / "mlflow-run.json"
+    return json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
+
+
+def _check_metrics(metrics: dict, path: Path) -> None:
+    """What the gates and the model card read; one clear error (exit 2) instead of a KeyError."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("concepts"), dict):
+        raise ValueError(f"{path}: expected an object with a 'concepts' mapping; rerun the 'evaluate' stage")
+    for key in ("base_hash", "global", "images_per_probe"):
+        if key not in metrics:
+            raise ValueError(f"{path}: no {key!r}; rerun the 'evaluate' stage")
+    for concept, m in metrics["concepts"].items():
+        summary = m.get("summary") if isinstance(m, dict) else None
+        missing = [k for k in ("kind", "method") if not isinstance(m, dict) or k not in m]
+        missing += [f"summary.{k}" for k in ("target_before", "target_after", "target_reduction")
+                    if not isinstance(summary, dict) or summary.get(k) is None]
+        if missing:
+            raise ValueError(f"{path}: concept {concept!r} has no {', '.join(missing)}; rerun the 'evaluate' stage")
