@@ -46,6 +46,8 @@ def choose_anchors(params: PipelineParams) -> dict:
     return anchors_stage.run(params)
 
 
+# Each per-concept task loads its own pipeline: tasks run in parallel threads, and a diffusers
+# scheduler keeps per-call state, so one pipeline cannot serve two threads (loading takes < 1 s).
 @task(**TASK, task_run_name="generate {entry[concept]}")
 def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]) -> dict:
     pipe, _, cache = generate_stage.model_and_cache(params)

@@ -208,7 +208,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         model.stop_gradient_first_token()
     if settings.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    bench = Bench(pipe, model, model_spec, run_concepts=tuple(j.concept for j in jobs))
+    bench = Bench(pipe, model, model_spec)
     trainable = model.trainable()
     names_by_rule = {r: _names(model, r) for r in rules}
     result = EraseResult(None, jobs, trainable_params=sum(p.numel() for p in trainable.values()))
@@ -239,6 +239,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             else:
                 _save_main(accelerator, lambda p: save_safetensors({k: v.detach() for k, v in trainable.items()}, p), start)
             bench.snapshot_frozen()
+        # Preservation prompts avoid every concept erased so far, and none later: a phase depends
+        # only on the phases up to it (what its phase-cache key holds).
+        bench.run_concepts = tuple(j.concept for p in phases[:k + 1] for j in p)
         t0 = time.time()
         pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
                        (settings.seed, k, i), accelerator) for i, j in enumerate(phase)]

@@ -83,7 +83,8 @@ class Bench:
     pipe: object
     model: EditableModel
     model_spec: str = "miniworld"
-    # Every concept of the run: a method's preservation prompts must not name any of them.
+    # The concepts erased so far in the run (the trainer sets it per phase): a method's preservation
+    # prompts name none of them.
     run_concepts: tuple[Concept, ...] = ()
     _frozen: object = None
 

@@ -19,13 +19,14 @@ from .world import caption, sample_scene, scene_rng
 EVAL_SEED = 2026
 
 
-def _scenes(n: int, seed: int, **force) -> list[Scene]:
-    """Ordinary world scenes (no instance, no memorized) with some attributes forced."""
+def ordinary_scenes(n: int, seed: int, exclude: frozenset[str] = frozenset(), **force) -> list[Scene]:
+    """Ordinary world scenes (no instance, no memorized image, no style or object in `exclude`,
+    casefolded) with some attributes forced."""
     out, i = [], 0
     while len(out) < n:
         s = sample_scene(scene_rng(seed, i))
         i += 1
-        if s.memorized or s.instance:
+        if s.memorized or s.instance or s.style.casefold() in exclude or s.object.casefold() in exclude:
             continue
         out.append(dataclasses.replace(s, **force))
     return out
@@ -40,20 +41,20 @@ def prompt_sets(n: int, seed: int = EVAL_SEED) -> list[dict]:
     """Every probe of the card: kind, concept, what is measured, and its prompts."""
     sets = []
     for k, o in enumerate(OBJECTS):
-        sc = _scenes(n, seed + k, object=o, frame=False)
+        sc = ordinary_scenes(n, seed + k, object=o, frame=False)
         sets.append(dict(kind="object", concept=o, head="object", label=o, prompts=_prompts(sc, seed, name_frame=False)))
     for k, c in enumerate(COLORS):
-        sc = _scenes(n, seed + 100 + k, color=c, frame=False)
+        sc = ordinary_scenes(n, seed + 100 + k, color=c, frame=False)
         sets.append(dict(kind="color", concept=c, head="color", label=c,
                          prompts=_prompts(sc, seed, name_frame=False, name_color=True)))
     for k, a in enumerate(STYLES):
-        sc = _scenes(n, seed + 200 + k, style=a, frame=False)
+        sc = ordinary_scenes(n, seed + 200 + k, style=a, frame=False)
         sets.append(dict(kind="style", concept=a, head="style", label=a, prompts=_prompts(sc, seed, name_frame=False)))
     for k, (name, inst) in enumerate(INSTANCES.items()):
         sc = [Scene(instance=name, style="") for _ in range(n)]
         sets.append(dict(kind="instance", concept=name, head="instance", label=name,
                          prompts=_prompts(sc, seed + 300 + k, name_frame=False)))
-        cls = _scenes(n, seed + 310 + k, object=inst.object, style="", frame=False)
+        cls = ordinary_scenes(n, seed + 310 + k, object=inst.object, style="", frame=False)
         sets.append(dict(kind="instance-class", concept=f"{name} (class '{inst.object}' named)", head="instance",
                          label=name, prompts=_prompts(cls, seed, name_frame=False)))
     for key, m in MEMORIZED.items():
@@ -64,10 +65,10 @@ def prompt_sets(n: int, seed: int = EVAL_SEED) -> list[dict]:
         titles = [m.title_variants[i % len(m.title_variants)] for i in range(n)]
         sets.append(dict(kind="memorized-title-variant", concept=f"{key} (re-worded titles)", head="copy",
                          label=key, prompts=titles))
-    sc = _scenes(2 * n, seed + 400)
+    sc = ordinary_scenes(2 * n, seed + 400)
     sets.append(dict(kind="implicit-unnamed", concept="golden frame (not named)", head="frame", label="yes",
                      prompts=_prompts(sc, seed, name_frame=False)))
-    sc = _scenes(n, seed + 401, frame=True)
+    sc = ordinary_scenes(n, seed + 401, frame=True)
     sets.append(dict(kind="implicit-named", concept=f"golden frame ('{IMPLICIT_PHRASE}')", head="frame",
                      label="yes", prompts=_prompts(sc, seed, name_frame=True)))
     return sets

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ..concept import ConceptError
+from .card import ordinary_scenes
 from .concepts import IMPLICIT, IMPLICIT_PHRASE, INSTANCES, MEMORIZED, OBJECTS, STYLES
 from .render import Scene, render
-from .world import caption, sample_scene, scene_rng
+from .world import caption
 
 MAX_NEIGHBOURS = 4
 
@@ -46,18 +47,6 @@ def misspell(text: str) -> str:
     swapped = w[:i - 1] + w[i] + w[i - 1] + w[i + 1:]
     words[k] = swapped if swapped != w else w[:i] + w[i + 1:]
     return " ".join(words)
-
-
-def _scenes(n: int, seed: int, blocked: set[str], **force) -> list[Scene]:
-    """Ordinary scenes (no instance, no memorized image, no blocklisted style) with fields forced."""
-    out, i = [], 0
-    while len(out) < n:
-        s = sample_scene(scene_rng(seed, i))
-        i += 1
-        if s.memorized or s.instance or s.style.casefold() in blocked or s.object.casefold() in blocked:
-            continue
-        out.append(dataclasses.replace(s, **force))
-    return out
 
 
 def _captions(scenes: list[Scene], seed: int, **kw) -> list[str]:
@@ -97,18 +86,18 @@ def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[st
 
     if kind == "style":
         artist = _known(text, list(STYLES), kind)
-        target = named(_captions(_scenes(n, seed + salt, blocked, style=artist, frame=False), seed, name_frame=False))
+        target = named(_captions(ordinary_scenes(n, seed + salt, blocked, style=artist, frame=False), seed, name_frame=False))
         probes = [Probe("target", target, seeds, "style", artist)]
         probes += _variants("style", target, text, paraphrases, misspellings, seeds, "style", artist)
         others = [a for a in STYLES if a.casefold() not in blocked][:MAX_NEIGHBOURS]
         for k, a in enumerate(others):
-            sc = _scenes(n, seed + 200 + k, blocked, style=a, frame=False)
+            sc = ordinary_scenes(n, seed + 200 + k, blocked, style=a, frame=False)
             probes.append(Probe(f"neighbour:{a}", _captions(sc, seed, name_frame=False), _seeds(seed, 200 + k, n),
                                 "style", a))
         return probes
     if kind == "object":
         obj = _known(text, list(OBJECTS), kind)
-        target = named(_captions(_scenes(n, seed + salt, set(), object=obj, frame=False), seed, name_frame=False))
+        target = named(_captions(ordinary_scenes(n, seed + salt, frozenset(), object=obj, frame=False), seed, name_frame=False))
         probes = [Probe("target", target, seeds, "object", obj)]
         probes += _variants("object", target, text, paraphrases, misspellings, seeds, "object", obj)
         others = [o for o in OBJECTS if o.casefold() not in blocked][:MAX_NEIGHBOURS]
@@ -131,9 +120,9 @@ def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[st
             raise ConceptError(f"concept {text!r} ({kind}): the miniworld's implicit attribute is the "
                                f"{IMPLICIT!r} (named by {IMPLICIT_PHRASE!r}); expected a concept naming it")
         # Efficacy is read where the attribute is not asked for: how often it still appears.
-        unnamed = _captions(_scenes(n, seed + salt, blocked), seed, name_frame=False)
+        unnamed = _captions(ordinary_scenes(n, seed + salt, blocked), seed, name_frame=False)
         probes = [Probe("target", unnamed, seeds, "frame", "yes", {"named": False})]
-        asked = named(_captions(_scenes(n, seed + salt + 1, blocked, frame=True), seed, name_frame=True))
+        asked = named(_captions(ordinary_scenes(n, seed + salt + 1, blocked, frame=True), seed, name_frame=True))
         probes.append(Probe("named", asked, _seeds(seed, salt + 1, n), "frame", "yes", {"named": True}))
         probes += _variants("implicit", asked, IMPLICIT_PHRASE if IMPLICIT_PHRASE in asked[0] else text, paraphrases,
                             misspellings, _seeds(seed, salt + 1, n), "frame", "yes")
@@ -158,7 +147,7 @@ def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[st
 
 
 def _object_probe(obj: str, seed: int, salt: int, n: int, blocked: set[str], prefix: str = "neighbour") -> Probe:
-    sc = _scenes(n, seed + salt, blocked, object=obj, frame=False, style="")
+    sc = ordinary_scenes(n, seed + salt, blocked, object=obj, frame=False, style="")
     return Probe(f"{prefix}:{obj}", _captions(sc, seed, name_frame=False), _seeds(seed, salt, n), "object", obj)
 
 
@@ -172,7 +161,7 @@ def _known(text: str, names: list[str], kind: str) -> str:
 
 def generic(n: int, seed: int, blocked: set[str]) -> tuple[list[str], list[int], np.ndarray]:
     """Prompts naming no blocklisted concept, their seeds, and the world's true renders of them (FID)."""
-    scenes = _scenes(n, seed + 700, blocked)
+    scenes = ordinary_scenes(n, seed + 700, blocked)
     rng = np.random.default_rng([seed, 701])
     prompts = [caption(s, rng, held_out=True, name_frame=False) for s in scenes]
     return prompts, _seeds(seed, 700, n), np.stack([render(s) for s in scenes])

@@ -14,7 +14,10 @@ _IMPLICIT = ("implicit", "nudity")
 
 RECIPES: dict[tuple[str, str], dict] = {}
 for kind in _NAMED:
-    RECIPES["esd", kind] = {"rule": "xattn", "steps": 100, "lr": 2e-4, "options": {"context_prompts": 64}}
+    # Preservation rows keep the other concepts' prompts where they were (joint and sequential runs
+    # damaged non-blocked styles without them: benchmarks/results/methods.md).
+    RECIPES["esd", kind] = {"rule": "xattn", "steps": 100, "lr": 2e-4,
+                            "options": {"context_prompts": 64, "preserve_prompts": 64}}
     RECIPES["abo", kind] = {"rule": "xattn", "steps": 200, "lr": 2e-4, "options": {"context_prompts": 64}}
     RECIPES["ca", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"anchor_images": 128}}
     RECIPES["loss-max", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"images": 128}}

@@ -12,13 +12,12 @@ import json
 
 import numpy as np
 
-from ..cache import ImageCache
 from ..config import PipelineParams
 from ..delta import apply_delta, load_delta
 from ..io import atomic_dir, atomic_file
 from ..sampling import grid
 from . import inputs
-from .generate import GENERIC, model_and_cache
+from .generate import GENERIC, base_model, image_cache
 
 GRID_IMAGES = 16
 
@@ -29,11 +28,9 @@ def erased_model(params: PipelineParams):
     if not delta.is_file():
         raise inputs.StageInputError(f"{delta}: missing; run the 'erase' stage first")
     tensors, meta = load_delta(delta)
-    pipe, base_hash, _ = model_and_cache(params)
+    pipe, base_hash = base_model(params)
     apply_delta(pipe, tensors, meta, base_hash)
-    g = params.generate
-    erased_hash = f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}"
-    return pipe, base_hash, ImageCache(params.paths.cache / "images", erased_hash, g.steps, g.guidance, g.batch_size)
+    return pipe, base_hash, image_cache(params, f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}")
 
 
 def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector) -> dict:

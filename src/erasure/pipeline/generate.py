@@ -22,18 +22,26 @@ from . import inputs
 GENERIC = "_generic"
 
 
-def model_and_cache(params: PipelineParams):
-    """The base pipeline, its weights hash, and the image cache for it."""
+def base_model(params: PipelineParams):
+    """The base pipeline and its weights hash."""
     from ..models import load_pipeline, source_folder, weights_hash
 
     if params.model != "miniworld" and params.evaluate.detector == "miniworld":
         raise ValueError(f"model {params.model!r}: evaluate.detector 'miniworld' reads only the miniworld model's "
                          "images; no detector for other models is configured yet")
-    pipe = load_pipeline(params.model)
-    base_hash = weights_hash(source_folder(params.model))
+    return load_pipeline(params.model), weights_hash(source_folder(params.model))
+
+
+def image_cache(params: PipelineParams, weights_key: str) -> ImageCache:
+    """The content-addressed image cache for the model whose weights hash to `weights_key`."""
     g = params.generate
-    return pipe, base_hash, ImageCache(params.paths.cache / "images", base_hash, g.steps, g.guidance,
-                                       g.batch_size)
+    return ImageCache(params.paths.cache / "images", weights_key, g.steps, g.guidance, g.batch_size)
+
+
+def model_and_cache(params: PipelineParams):
+    """The base pipeline, its weights hash, and the image cache for it."""
+    pipe, base_hash = base_model(params)
+    return pipe, base_hash, image_cache(params, base_hash)
 
 
 def concept_probes(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]):
