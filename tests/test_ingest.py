@@ -37,7 +37,8 @@ def _release(tmp_path: Path, rid: str, blocklist: Blocklist) -> None:
     (tmp_path / "releases" / "LATEST").write_text(f"{rid}\n")
 
 
-def test_a_valid_run_writes_the_blocklist_and_its_diff(tmp_path):
+def test_a_valid_run_writes_the_blocklist_and_its_diff(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the stages' working directory
     out = ingest.run(load_params(_params(tmp_path, DEFAULT)))
     assert out["concepts"] == 4 and out["added"] == CONCEPTS and out["previous_release"] is None
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["ingest"]  # no temp folder left
@@ -47,8 +48,10 @@ def test_a_valid_run_writes_the_blocklist_and_its_diff(tmp_path):
     written = json.loads((folder / "blocklist.json").read_text())
     blocklist = Blocklist.from_json((folder / "blocklist.json").read_text())
     assert written["sha256"] == blocklist.sha256 == load_blocklist(DEFAULT).sha256 == out["sha256"]
+    # Inside the project (the stages' working directory): relative, so every checkout writes the same file.
     image = Path(written["entries"][3]["reference_images"][0])
-    assert image.is_absolute() and image.is_file()
+    assert image == Path("blocklists/images/midnight-lantern.png") and image.is_file()
+    assert written["source"] == "blocklists/default.yaml"
     assert written["entries"][0] == {"concept": "Vasquez", "kind": "style"}  # absent fields left out
 
     d = json.loads((folder / "diff.json").read_text())

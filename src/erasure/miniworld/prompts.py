@@ -15,9 +15,10 @@ def anchor_prompts(concept: Concept, n: int, seed: int = 0) -> list[str]:
     """Ordinary captions without the concept: no style named, no frame named, no instance.
 
     For an instance or object the anchor object is forced and the colour left out, so that the
-    target prompt ("a picture of Pip") differs from the anchor prompt only in the name.
+    target prompt ("a picture of Pip") differs from the anchor prompt only in the name. For an
+    implicit attribute the scenes keep their styles: it must go from every prompt users write.
     """
-    force: dict = {"style": "", "frame": False}
+    force: dict = {"frame": False} if concept.kind in ("implicit", "nudity") else {"style": "", "frame": False}
     name_color = None
     if concept.kind in ("instance", "object") and concept.anchor in OBJECTS:
         force["object"] = concept.anchor

@@ -1,17 +1,20 @@
 """Stage 1, ingest: read and validate the blocklist, normalize it, and diff it against the last
 release's, so later stages can tell new work from old. Nothing is written when it is invalid.
 
-    work/ingest/blocklist.json   Blocklist.to_json(): entries (absolute reference image paths), notes, sha256
+    work/ingest/blocklist.json   Blocklist.to_json(): entries, notes, sha256; paths inside the project
+                                 relative to it, so the file is the same in every checkout
     work/ingest/diff.json        added / removed / changed / unchanged, previous_release, blocklist_sha256
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..blocklist import Blocklist, BlocklistError, diff, load_blocklist
 from ..config import PipelineParams
 from ..io import atomic_dir
+from .inputs import portable
 
 
 def tokenizer_for(model: str):
@@ -49,8 +52,15 @@ def run(params: PipelineParams) -> dict:
     changes = diff(blocklist, previous)
     sha256 = blocklist.sha256
     with atomic_dir(params.paths.stage("ingest")) as tmp:
-        (tmp / "blocklist.json").write_text(blocklist.to_json())
+        (tmp / "blocklist.json").write_text(_portable(blocklist).to_json())
         (tmp / "diff.json").write_text(json.dumps({"previous_release": rid, "blocklist_sha256": sha256, **changes},
                                                   indent=1, sort_keys=True))
     return {"concepts": len(blocklist.entries), "sha256": sha256, "previous_release": rid, **changes,
             "notes": list(blocklist.notes)}
+
+
+def _portable(blocklist: Blocklist) -> Blocklist:
+    entries = tuple(e.model_copy(update={"reference_images": tuple(str(portable(Path(r))) for r in e.reference_images)})
+                    for e in blocklist.entries)
+    source = str(portable(Path(blocklist.source))) if blocklist.source else ""
+    return blocklist.model_copy(update={"entries": entries, "source": source})

@@ -34,12 +34,12 @@ def method_for(params: PipelineParams, entry: dict) -> str:
 
 
 def concept(entry: dict, anchor: str | None) -> Concept:
-    refs = tuple(_portable(Path(r)) for r in entry.get("reference_images") or ())
+    refs = tuple(portable(Path(r)) for r in entry.get("reference_images") or ())
     return Concept(text=entry["concept"], kind=entry["kind"], anchor=anchor, alternative=entry.get("alternative"),
                    reference_images=refs, paraphrases=tuple(entry.get("paraphrases") or ()))
 
 
-def _portable(path: Path) -> Path:
+def portable(path: Path) -> Path:
     """Relative to the project root (the working directory of every stage) when inside it: the
     delta's metadata then reads the same in any checkout, so a reproduced release is byte-identical."""
     try:
