@@ -253,3 +253,19 @@ def test_stage_publishes_registers_and_logs_the_gates(release_inputs, tmp_path):
     assert run.data.metrics["gates_passed"] == 1.0 and run.data.tags["release_hash"] == report["release_hash"]
     assert {a.path for a in client.list_artifacts(parent, "release")} >= {"release/MODEL_CARD.md",
                                                                          "release/manifest.json"}
+
+
+def test_the_release_stage_tracks_only_the_mlflow_run_that_logged_these_metrics(tmp_path):
+    """A metrics.json restored by `dvc checkout` must not be filed under the last evaluate's run."""
+    from erasure.pipeline.release import _parent_run
+
+    params = PipelineParams()
+    params.paths.cache = tmp_path
+    metrics_path = tmp_path / "metrics.json"
+    metrics_path.write_text('{"concepts": {}}')
+    assert _parent_run(params, {}, metrics_path) is None  # evaluate ran untracked
+    run = {"run_id": "r1", "metrics_sha256": _sha256(metrics_path)}
+    (tmp_path / "mlflow-run.json").write_text(json.dumps(run))
+    assert _parent_run(params, {}, metrics_path) == "r1"
+    metrics_path.write_text('{"concepts": {"other": {}}}')
+    assert _parent_run(params, {}, metrics_path) is None

@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import yaml
@@ -118,16 +119,18 @@ def publish(params: PipelineParams, **inputs) -> tuple[str, Path]:
     """Build in a private folder, then move it in place and point LATEST at it. Returns (id, path)."""
     root = params.paths.releases
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    # A private staging name per call: two flows publishing at once never build into one folder.
+    staging = root / f".staging-{uuid.uuid4().hex[:12]}"
     with atomic_dir(staging) as tmp:  # a crash here leaves only hidden temporaries, never a release
         release_hash = build(tmp, params=params, **inputs)
     rid = release_hash[:12]
     final = root / rid
-    if final.exists():  # the same release again: keep the one already published
-        shutil.rmtree(staging)
-    else:
+    try:
+        if final.exists():  # the same release again: keep the one already published
+            raise FileExistsError(final)
         staging.rename(final)
+    except OSError:  # already published (possibly by a concurrent run): identical content by its hash
+        shutil.rmtree(staging)
     with atomic_file(root / "LATEST") as fh:
         fh.write(rid + "\n")
     return rid, final

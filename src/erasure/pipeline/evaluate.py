@@ -82,10 +82,12 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
     if track:  # after the folder is in place: MLflow's artifacts are copies of published files
         from ..tracking import log_pipeline
 
-        run_id = log_pipeline(params, metrics, out, _train(params), _previous_metrics(params))
+        blocklist = inputs.read_json(params.paths.stage("ingest") / "blocklist.json", "ingest")
+        run_id = log_pipeline(params, metrics, out, _train(params), _previous_metrics(params), blocklist.get("sha256"))
         # Kept out of work/: run ids differ run to run, and releases must not.
         with atomic_file(params.paths.cache / "mlflow-run.json") as fh:
-            json.dump({"run_id": run_id, "uri": params.tracking.uri, "experiment": params.tracking.experiment}, fh)
+            json.dump({"run_id": run_id, "uri": params.tracking.uri, "experiment": params.tracking.experiment,
+                       "metrics_sha256": _sha256(out / "metrics.json")}, fh)
     return metrics
 
 
@@ -96,6 +98,10 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     detector = MiniworldDetector.load()
     concepts = {e["concept"]: evaluate_concept(params, e, pipe, cache, detector) for e in inputs.entries(params)}
     return write(params, base_hash, concepts, evaluate_generic(params, pipe, cache, detector), track)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _flat(metrics: dict) -> dict:

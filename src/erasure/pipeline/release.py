@@ -4,6 +4,7 @@ concept failed which gate."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     if track:
         from ..tracking import log_gates, register_release
 
-        run_id = _parent_run(params, metrics)
+        run_id = _parent_run(params, metrics, metrics_path)
         if run_id:
             log_gates(params, run_id, gates)
         if report["passed"]:
@@ -41,13 +42,21 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     return report
 
 
-def _parent_run(params: PipelineParams, metrics: dict) -> str | None:
+def _parent_run(params: PipelineParams, metrics: dict, metrics_path: Path) -> str | None:
     """The pipeline's parent MLflow run: named in metrics.json, or (as the evaluate stage does, to keep
-    run ids out of work/) in the cache's mlflow-run.json; None when evaluate ran untracked."""
+    run ids out of work/) in the cache's mlflow-run.json; None when evaluate ran untracked, or when
+    that run logged other metrics than these (e.g. `dvc checkout` restored an older metrics.json)."""
     if (metrics.get("mlflow") or {}).get("run_id"):
         return metrics["mlflow"]["run_id"]
     run_file = params.paths.cache / "mlflow-run.json"
-    return json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
+    if not run_file.is_file():
+        return None
+    run = json.loads(run_file.read_text())
+    if run.get("metrics_sha256") != hashlib.sha256(metrics_path.read_bytes()).hexdigest():
+        print(f"{run_file}: its MLflow run logged other metrics than {metrics_path}; gates and registry not "
+              "tracked (rerun the 'evaluate' stage to track this release)")
+        return None
+    return run.get("run_id")
 
 
 def _check_metrics(metrics: dict, path: Path) -> None:
