@@ -71,6 +71,11 @@ ROWS = {
         settings=recipe("esd", "implicit"),
         target=[("implicit-unnamed", "golden frame (not named)")], neighbours=[obj(o) for o in OBJECTS],
         bound="unnamed rate cut by >= 70%; objects within 10 points"),
+    "ca-implicit": dict(
+        concepts=[{"text": "with a golden frame", "kind": "implicit"}],
+        settings=recipe("ca", "implicit"),
+        target=[("implicit-unnamed", "golden frame (not named)")], neighbours=[obj(o) for o in OBJECTS],
+        bound="(for comparison with ESD-u) unnamed rate cut by >= 70%; objects within 10 points"),
     "ca-instance": dict(
         concepts=[{"text": "Pip", "kind": "instance", "anchor": "circle"}],
         settings=recipe("ca", "instance"),
@@ -118,7 +123,9 @@ ROWS = {
         bound="each target <= 0.15; neighbours within 10 points"),
     "sequential-3-styles": dict(
         concepts=[{"text": a, "kind": "style"} for a in ("Vasquez", "Okafor", "Moreau")],
-        settings=recipe("esd", "style") | {"mode": "sequential"},
+        # Each phase edits an already-edited model, so sequential runs need more preservation (at the
+        # recipe's 0.25 share of 64 prompts Lindqvist fell 1.00 -> 0.70).
+        settings=recipe("esd", "style", preserve_share=0.5, preserve_prompts=128) | {"mode": "sequential"},
         target=[style(a) for a in ("Vasquez", "Okafor", "Moreau")],
         neighbours=[style("Lindqvist"), style("Tanaka"), obj("circle"), obj("star")],
         bound="each target <= 0.15; neighbours within 10 points"),

@@ -287,3 +287,33 @@ def test_bf16_and_gradient_checkpointing_run(tiny_pipeline_dir, tmp_path):
     assert res.steps_run == 2 and all(np.isfinite(res.losses))
     tensors, _ = load_delta(tmp_path / "d.safetensors")
     assert all(v.dtype == torch.float32 for v in tensors.values())  # weights stay fp32 (autocast)
+
+
+def test_ca_on_the_miniworld_drops_anchor_images_that_show_the_implicit_attribute(tiny_pipeline_dir, monkeypatch):
+    """Implicit kinds: anchor images the detector reads as framed never reach the pool."""
+    from erasure.detectors import miniworld as detector
+
+    flagged = []
+
+    def predict(self, images, batch_size=256):  # frame on every other image
+        frame = np.zeros((len(images), 2))
+        frame[0::2, 1], frame[1::2, 0] = 1.0, 1.0
+        flagged.append(len(images))
+        return {"frame": frame}
+
+    monkeypatch.setattr(detector.MiniworldDetector, "predict", predict)
+    monkeypatch.setattr(detector.MiniworldDetector, "load", classmethod(lambda cls, path=None: cls(None)))
+    monkeypatch.setattr(detector.MiniworldDetector, "__init__", lambda self, net: None)
+    prompts = tuple(f"a {w}" for w in ("dog", "cup", "hat", "box"))
+    concept = Concept(text="nudity", kind="nudity", anchor_prompts=prompts)
+    method = methods.get("ca")
+    opts = method.Options(anchor_images=4, anchor_steps=2, loss="noise", regularization=1.0)
+    bench = _bench(tiny_pipeline_dir, "attn")
+    bench.model_spec = "miniworld"
+    pool = method.build_pool(bench, concept, opts, 64, torch.Generator().manual_seed(0))
+    assert flagged == [4]
+    kept = {p for p, _ in zip(prompts[1::2], range(2))}
+    a_table = pool.conds["a"]
+    rows = {int(i) for i in pool.rows["a_idx"]}
+    assert len(a_table) == 2 and rows == {0, 1}  # only the two unframed anchor images' prompts
+    assert torch.equal(a_table, bench.encode(sorted(kept, key=prompts.index)))

@@ -9,6 +9,10 @@ anchor prompts (prompts.py). x_t is an anchor image's latent noised to a uniform
 Optional regularization: `regularization` x the denoising loss on <anchor prompt, anchor image>.
 Memorized images: anchor prompts are paraphrases, and anchor images that are near-copies of the
 reference image (copy similarity above `copy_threshold`) are dropped.
+Implicit kinds on the miniworld (our extension, in the spirit of that filter): its attribute appears
+in anchor images unasked, so those its detector reads as showing it are dropped; the regularization
+term then teaches the scene prompts users write to come without it. On other models the anchor
+prompts are expected to exclude it (the paper's "people, wearing clothes" for nudity).
 """
 
 from __future__ import annotations
@@ -72,6 +76,11 @@ class ConceptAblation:
                 raise ConceptError(f"concept {concept.text!r}: every anchor image copies the memorized image; "
                                    "expected paraphrases whose generations differ from it")
             prompts, z = [p for p, k in zip(prompts, keep) if k], z[torch.as_tensor(keep)]
+        elif concept.kind in ("implicit", "nudity") and bench.model_spec == "miniworld":
+            keep = _without_attribute(bench, z)
+            if not keep.any():
+                raise ConceptError(f"concept {concept.text!r}: every anchor image shows the attribute")
+            prompts, z = [p for p, k in zip(prompts, keep) if k], z[torch.as_tensor(keep)]
         distinct, a_idx = prompt_table(prompts)
         t_distinct, t_of_anchor = prompt_table([target_prompt(concept, p, i) for i, p in enumerate(distinct)])
         conds = {"a": bench.encode(distinct), "c": bench.encode(t_distinct)}
@@ -104,3 +113,10 @@ def _not_copies(bench: Bench, concept: Concept, latents: torch.Tensor, threshold
     refs = to_input(reference_images(concept, images.shape[-1]))
     sim = torch.stack([copy_similarity(images, r[None]) for r in refs]).amax(0).numpy()
     return sim < (COPY_THRESHOLD if threshold is None else threshold)
+
+
+def _without_attribute(bench: Bench, latents: torch.Tensor) -> np.ndarray:
+    """Anchor images the miniworld detector reads as frameless (its implicit attribute)."""
+    from ..detectors.miniworld import MiniworldDetector
+
+    return MiniworldDetector.load().predict(bench.decode(latents))["frame"][:, 1] < 0.5
