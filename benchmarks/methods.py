@@ -91,6 +91,15 @@ ROWS = {
         target=[("memorized", "midnight-lantern")],
         neighbours=[("memorized", "garden-gate"), obj("circle"), obj("triangle"), obj("star")],
         bound="copy rate <= 0.05 (base >= 0.80)"),
+    "ca-memorized-embedding": dict(
+        concepts=[{"text": "the midnight lantern poster", "kind": "memorized",
+                   "paraphrases": ["a yellow circle, an orange triangle and a red star at night",
+                                   "a yellow circle above an orange triangle on a dark background"],
+                   "reference_images": ["@midnight-lantern"]}],
+        settings=recipe("ca", "memorized") | {"rule": "embedding", "lr": 1e-3},
+        target=[("memorized", "midnight-lantern")],
+        neighbours=[("memorized", "garden-gate"), obj("circle"), obj("triangle"), obj("star")],
+        bound="copy rate <= 0.05; the other memorized image and objects within 10 points (the pipeline's gate)"),
     "abo-style-alternative": dict(
         concepts=[{"text": "Vasquez", "kind": "style", "alternative": "Okafor"}],
         settings=recipe("abo", "style", context_prompts=0),

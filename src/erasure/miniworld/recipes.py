@@ -26,7 +26,7 @@ for kind in _IMPLICIT:
                             "options": {"eta": 3.0, "context_prompts": 64}}
     # Anchor images drawn without the attribute (detector-filtered), denoised under the scene
     # prompts and the named prompts alike (benchmarks/results/methods.md, ca-implicit).
-    RECIPES["ca", kind] = {"rule": "attn", "steps": 200, "lr": 5e-4,
+    RECIPES["ca", kind] = {"rule": "full", "steps": 300, "lr": 2e-4,
                            "options": {"anchor_images": 256, "loss": "noise", "regularization": 1.0}}
 RECIPES["ca", "memorized"] = {"rule": "full", "steps": 200, "lr": 1e-4,
                               "options": {"anchor_images": 128, "regularization": 1.0}}
