@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 
 for _var, _value in {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}.items():
@@ -48,15 +49,21 @@ def choose_anchors(params: PipelineParams) -> dict:
 
 # Each per-concept task loads its own pipeline: tasks run in parallel threads, and a diffusers
 # scheduler keeps per-call state, so one pipeline cannot serve two threads (loading takes < 1 s).
+# Loading itself is serialized: diffusers loads through accelerate's init_empty_weights, which
+# patches torch.nn.Module process-wide, so a model built in another thread meanwhile lands on the
+# meta device (seen here: the detector failed "Tensor on device meta" until its task retried).
+LOADING = threading.Lock()
 @task(**TASK, task_run_name="generate {entry[concept]}")
 def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]) -> dict:
-    pipe, _, cache = generate_stage.model_and_cache(params)
+    with LOADING:
+        pipe, _, cache = generate_stage.model_and_cache(params)
     return generate_stage.generate_concept(params, entry, anchor, blocked, pipe, cache)
 
 
 @task(**TASK)
 def generate_generic(params: PipelineParams, blocked: set[str]) -> None:
-    pipe, _, cache = generate_stage.model_and_cache(params)
+    with LOADING:
+        pipe, _, cache = generate_stage.model_and_cache(params)
     generate_stage.generate_generic(params, blocked, pipe, cache)
 
 
@@ -69,16 +76,20 @@ def erase(params: PipelineParams) -> dict:
 def evaluate_concept(params: PipelineParams, entry: dict) -> dict:
     from erasure.detectors.miniworld import MiniworldDetector
 
-    pipe, _, cache = evaluate_stage.erased_model(params)
-    return evaluate_stage.evaluate_concept(params, entry, pipe, cache, MiniworldDetector.load())
+    with LOADING:
+        pipe, _, cache = evaluate_stage.erased_model(params)
+        detector = MiniworldDetector.load()
+    return evaluate_stage.evaluate_concept(params, entry, pipe, cache, detector)
 
 
 @task(**TASK)
 def evaluate_generic(params: PipelineParams) -> tuple[str, dict]:
     from erasure.detectors.miniworld import MiniworldDetector
 
-    pipe, base_hash, cache = evaluate_stage.erased_model(params)
-    return base_hash, evaluate_stage.evaluate_generic(params, pipe, cache, MiniworldDetector.load())
+    with LOADING:
+        pipe, base_hash, cache = evaluate_stage.erased_model(params)
+        detector = MiniworldDetector.load()
+    return base_hash, evaluate_stage.evaluate_generic(params, pipe, cache, detector)
 
 
 @task(**TASK)
