@@ -8,6 +8,7 @@ from erasure.checkpoint import load_checkpoint
 from erasure.cli import app
 from erasure.concept import Concept
 from erasure.delta import apply_delta, load_delta
+from erasure.methods.base import Pool
 from erasure.models import load_pipeline, weights_hash
 from erasure.trainer import EraseSettings, erase, plan
 
@@ -124,6 +125,22 @@ def test_added_concept_trains_only_its_phase_and_matches_a_run_from_scratch(tiny
     other = _erase(tiny_pipeline_dir, tmp_path / "w4", settings, (DOG, CAT), tmp_path / "x.safetensors",
                    phase_cache=cache)
     assert other.phases_from_cache == 0
+
+
+@pytest.mark.parametrize("preserve_from", ["base", "current"])
+def test_sequential_preservation_rows_keep_the_base_models_prediction(tiny_pipeline_dir, tmp_path, preserve_from):
+    settings = _settings(steps=3, lr=1e-2, mode="sequential",
+                         options={"preserve_prompts": 4, "preserve_share": 0.5, "preserve_from": preserve_from})
+    _erase(tiny_pipeline_dir, tmp_path / "work", settings, (CAT, DOG), tmp_path / "d.safetensors")
+    pool = Pool.load(tmp_path / "work" / "phases" / "1" / "pool-0.safetensors")  # the second phase's
+    keep = slice(4, 8)  # pool_size 8, half of it preservation rows, after the erase rows
+    x, t = pool.rows["x"][keep], pool.rows["t"][keep]
+    cond = pool.conds["train"][pool.rows["train_idx"][keep]]
+    base = load_pipeline(str(tiny_pipeline_dir))
+    with torch.no_grad():
+        expected = base.unet(x, t, encoder_hidden_states=cond).sample
+    same = torch.allclose(pool.rows["target"][keep], expected, atol=1e-5)
+    assert same == (preserve_from == "base")  # "current": the model after the first phase
 
 
 def test_a_workdir_with_other_settings_is_refused(tiny_pipeline_dir, tmp_path):

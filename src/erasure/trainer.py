@@ -33,6 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .concept import Concept, ConceptError, check_encodable
 from .delta import apply_delta, load_delta, save_delta
 from .editable import EditableModel
+from .frozen import FrozenOriginal
 from .io import atomic_file, save_safetensors
 from .methods.base import Bench, Options, Pool
 from .params import RULES, UNET_RULES, select_unet
@@ -193,11 +194,19 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         raise ValueError("phase_cache needs the base model's weights hash (base_hash) to key its entries")
     keys = [_phase_key(base_hash, settings, phases[:k + 1]) for k in range(len(phases))] if phase_cache else []
     cached = None
+    # Preservation rows toward the base model after the first phase need its values of the trained
+    # tensors (a copy of them; not taken when no later phase asks).
+    keep_base = any(getattr(j.options, "preserve_prompts", 0) and getattr(j.options, "preserve_from", None) == "base"
+                    for p in phases[1:] for j in p)
+    pristine: dict[str, torch.Tensor] = {}
     if phase_cache is not None and not (workdir / "checkpoint").exists():
         cached = next((k for k in reversed(range(len(phases))) if (Path(phase_cache) / f"{keys[k]}.safetensors").exists()),
                       None)
         if cached is not None:  # into the plain pipeline, before any wrapper takes its copy
             tensors, meta = load_delta(Path(phase_cache) / f"{keys[cached]}.safetensors")
+            if keep_base:  # the base values these cached phases overwrite
+                params = {c: dict(getattr(pipe, c).named_parameters()) for c in ("unet", "text_encoder")}
+                pristine = {k: params[k.split(".", 1)[0]][k.split(".", 1)[1]].detach().clone() for k in tensors}
             apply_delta(pipe, tensors, meta, None)
     accelerator = _accelerator(settings, max(j.batch_size for j in jobs))
     rules = sorted({j.rule for j in jobs})
@@ -210,6 +219,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         pipe.unet.enable_gradient_checkpointing()
     bench = Bench(pipe, model, model_spec)
     trainable = model.trainable()
+    if keep_base:  # taken before a checkpoint's values are loaded: these are the base model's
+        bench._base = FrozenOriginal(model, _base_values(model, trainable, pristine))
     names_by_rule = {r: _names(model, r) for r in rules}
     result = EraseResult(None, jobs, trainable_params=sum(p.numel() for p in trainable.values()))
 
@@ -334,6 +345,18 @@ def _finish(result: EraseResult, state: dict, model: EditableModel) -> EraseResu
     result.history, result.losses = state["history"], state["losses"]
     result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def _base_values(model: EditableModel, trainable: dict[str, torch.Tensor],
+                 pristine: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base model's values of the trainable tensors: the current ones, except where cached
+    phases overwrote them (`pristine`, by delta key; the patched embedding rows by table row)."""
+    out = {n: pristine.get(n, p) for n, p in trainable.items()}
+    table = pristine.get(f"text_encoder.{getattr(model, '_embedding_name', '')}")
+    if model.patched is not None and table is not None:
+        rows = next(n for n, p in trainable.items() if p is model.patched.rows)
+        out[rows] = table[model.patched.token_ids]
+    return out
 
 
 def _label(phase: list[Job]) -> str:

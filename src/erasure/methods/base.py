@@ -87,6 +87,9 @@ class Bench:
     # prompts name none of them.
     run_concepts: tuple[Concept, ...] = ()
     _frozen: object = None
+    # The base model's values of the trainable tensors, when the trainer keeps them (a sequential
+    # run with preservation rows); None: the current weights are the base (joint runs, phase 0).
+    _base: object = None
 
     def snapshot_frozen(self) -> None:
         """Keep originals of the trainable tensors, for methods that need eps* while training."""
@@ -132,13 +135,12 @@ class Bench:
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         """Noise prediction of the current model, in chunks; cond of batch 1 is broadcast."""
-        t = torch.as_tensor(t).expand(len(x)) if torch.as_tensor(t).ndim == 0 else t
-        out = []
-        for s in range(0, len(x), EVAL_CHUNK):
-            xs, ts = x[s:s + EVAL_CHUNK], t[s:s + EVAL_CHUNK]
-            cs = cond.expand(len(xs), *cond.shape[1:]) if len(cond) == 1 else cond[s:s + EVAL_CHUNK]
-            out.append(self.model(xs, ts, cs).float())
-        return torch.cat(out)
+        return _chunked(self.model, x, t, cond)
+
+    @torch.no_grad()
+    def base_eps(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """Noise prediction of the base model, before any phase of this run."""
+        return _chunked(self._base if self._base is not None else self.model, x, t, cond)
 
     def noised(self, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Forward-process samples: (x_t, t, noise) with t uniform over the training timesteps."""
@@ -215,3 +217,13 @@ class Method(Protocol):
                    gen: torch.Generator) -> Pool: ...
 
     def loss(self, model, batch: dict[str, torch.Tensor], options: Options, bench: Bench) -> torch.Tensor: ...
+
+
+def _chunked(model, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t).expand(len(x)) if torch.as_tensor(t).ndim == 0 else t
+    out = []
+    for s in range(0, len(x), EVAL_CHUNK):
+        xs, ts = x[s:s + EVAL_CHUNK], t[s:s + EVAL_CHUNK]
+        cs = cond.expand(len(xs), *cond.shape[1:]) if len(cond) == 1 else cond[s:s + EVAL_CHUNK]
+        out.append(model(xs, ts, cs).float())
+    return torch.cat(out)

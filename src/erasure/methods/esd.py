@@ -50,6 +50,10 @@ class ESDOptions(Options):
     # concepts, trained toward the frozen model's own prediction, make up `preserve_share` of the pool.
     preserve_prompts: int = 0
     preserve_share: float = 0.25
+    # Whose prediction the preservation rows keep: the base model's ("base"), or the model as this
+    # phase finds it ("current"). They differ only in a sequential run after its first phase; "base"
+    # also undoes what earlier phases did to unrelated prompts instead of locking it in.
+    preserve_from: Literal["base", "current"] = "base"
 
 
 class ESD:
@@ -151,7 +155,8 @@ class ESD:
 def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep: int, gen: torch.Generator,
                        x, t, target, train) -> Pool:
     """The erase rows plus `keep` preservation rows: prompts q_j naming none of the run's concepts,
-    with x_t from their own trajectories and target eps*(x_t, q_j), so the edit leaves them alone."""
+    with x_t from their own trajectories and target eps(x_t, q_j) of the base model (or of the
+    current one, `preserve_from="current"`), so the edit leaves them alone."""
     prompts = preservation_prompts(bench.run_concepts or (concept,), options.preserve_prompts, bench.model_spec,
                                    seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     q = bench.encode(prompts)
@@ -160,7 +165,7 @@ def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep
     xq, tq = partial_trajectories(bench.eps, bench.scheduler_config, q[pick], bench.encode([""]), stops,
                                   bench.latent_shape, guidance=options.guidance, num_steps=options.ddim_steps,
                                   generator=gen)
-    tq_target = bench.eps(xq, tq, q[pick])
+    tq_target = (bench.base_eps if options.preserve_from == "base" else bench.eps)(xq, tq, q[pick])
     return Pool({"x": torch.cat([x, xq]), "t": torch.cat([t, tq]), "target": torch.cat([target, tq_target]),
                  "train_idx": torch.arange(len(x) + keep)}, {"train": torch.cat([train, q[pick]])})
 
