@@ -12,10 +12,16 @@ fi
 stamp=.venv/.erasure-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing pinned dependencies (first time: a few minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  # torch first and exactly pinned: an unpinned torch pulls a multi-GB CUDA build.
+  echo "setup: installing pinned dependencies (first time: about a minute)"
+  # torch first and exactly pinned, with pip: it takes the CPU wheel on this disk (an unpinned torch,
+  # or uv, would pull a multi-GB CUDA build).
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  # The rest with uv: the same versions as pip in about 10 s instead of 90 (a third of the main
+  # job's setup); pip remains the fallback.
+  if ! { .venv/bin/python -m pip install --quiet "uv==0.13.9" \
+         && .venv/bin/uv pip install --python .venv/bin/python --quiet -e ".[dev]"; }; then
+    echo "setup: uv failed; installing with pip"
+    .venv/bin/python -m pip install --quiet -e ".[dev]"
+  fi
   echo "$want" > "$stamp"
 fi

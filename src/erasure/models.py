@@ -60,7 +60,7 @@ def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
     from diffusers import DiffusionPipeline
 
     target = resolve(spec)
-    kwargs = dict(torch_dtype=dtype, use_safetensors=True)
+    kwargs = dict(dtype=dtype, use_safetensors=True)
     try:
         index = _model_index(target)
         if index is not None and "safety_checker" in index:
