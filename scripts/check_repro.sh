@@ -6,18 +6,18 @@
 #
 #   bash scripts/check_repro.sh [COMMIT]
 #
-# The clone uses this checkout's .venv (the environment, not the data); run scripts/setup.sh first.
+# The clone gets its own .venv (scripts/setup.sh, under a minute): it must run its own code, not
+# this checkout's editable install.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 commit=${1:-HEAD}
 git -C "$root" cat-file -e "$commit:dvc.lock" 2>/dev/null \
   || { echo "check_repro: $commit has no dvc.lock; run 'dvc repro' and commit dvc.lock first" >&2; exit 2; }
-[ -x "$root/.venv/bin/python" ] || { echo "check_repro: no .venv; run 'bash scripts/setup.sh' first" >&2; exit 2; }
 dest=$(mktemp -d "${TMPDIR:-/tmp}/erasure-repro.XXXXXX")
 git clone -q "$root" "$dest/clone"
 cd "$dest/clone"
 git checkout -q "$commit"
-ln -s "$root/.venv" .venv
+bash scripts/setup.sh
 source scripts/env.sh
 start=$(date +%s)
 dvc repro
@@ -38,6 +38,8 @@ recorded, rebuilt = outs(sys.argv[1]), outs(sys.argv[2])
 for path in sorted(recorded):
     same = recorded[path] == rebuilt.get(path)
     print(f"{'same' if same else 'DIFFERENT':9}  {path}  recorded {recorded[path]}  rebuilt {rebuilt.get(path)}")
+print("(expected to differ: timing.json holds wall-clock times, work/ingest the diff against the "
+      "releases present where it ran, report.json the release's path and its code version)")
 weights = "work/erase/delta.safetensors"
 ok = recorded.get(weights) is not None and recorded[weights] == rebuilt.get(weights)
 print(f"weights {'identical' if ok else 'NOT identical'}: {weights}")

@@ -46,6 +46,29 @@ def test_export_writes_a_loadable_folder_with_the_delta(tiny_pipeline_dir, tmp_p
     assert json.loads((tmp_path / "out" / "erasure_delta.json").read_text())["method"] == "esd"
 
 
+def test_export_does_not_depend_on_where_the_base_lies(tiny_pipeline_dir, tmp_path):
+    """The same base in two folders (two checkouts) exports the same configs: each names the base
+    as the caller gave it (for the shipped model, 'miniworld'), not the folder it was read from."""
+    import shutil
+
+    other = tmp_path / "elsewhere" / "base"
+    shutil.copytree(tiny_pipeline_dir, other)
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    path = tmp_path / "d.safetensors"
+    save_delta(path, _changed(pipe), method="esd", params={}, concepts=[],
+               base_hash=weights_hash(tiny_pipeline_dir))
+    export(str(tiny_pipeline_dir), path, tmp_path / "a")
+    export(str(other), path, tmp_path / "b")
+    configs = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.json"))
+    assert any(c.name == "model_index.json" for c in configs)
+    for rel in configs:
+        a = json.loads((tmp_path / "a" / rel).read_text())
+        b = json.loads((tmp_path / "b" / rel).read_text())
+        if "_name_or_path" in a:
+            assert (a.pop("_name_or_path"), b.pop("_name_or_path")) == (str(tiny_pipeline_dir), str(other))
+        assert a == b, rel
+
+
 def test_delta_refuses_another_base(tiny_pipeline_dir, tmp_path):
     pipe = load_pipeline(str(tiny_pipeline_dir))
     path = tmp_path / "d.safetensors"

@@ -78,6 +78,11 @@ def export(base: str, delta_path: Path, out: Path) -> Path:
     tensors, meta = load_delta(delta_path)
     pipe = load_pipeline(base)
     apply_delta(pipe, tensors, meta, weights_hash(source_folder(base)))
+    # diffusers records the folder each config was read from; record the base as given instead, so
+    # the export (and a release's hash) does not depend on where the project is checked out.
+    for module in [pipe, *pipe.components.values()]:
+        if hasattr(module, "register_to_config"):
+            module.register_to_config(_name_or_path=base)
     with atomic_dir(Path(out)) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "erasure_delta.json").write_text(json.dumps(
