@@ -29,6 +29,21 @@ def test_instance_probes_check_the_class_and_implicit_reads_unnamed_prompts():
     assert all("golden frame" in p for p in implicit[1].prompts)
 
 
+def test_adding_a_concept_changes_only_the_prompts_that_showed_it():
+    """A grown blocklist must not reshuffle the other concepts' prompts (their cached images would
+    all be drawn again): only the scenes that showed the added concept are redrawn."""
+    kw = {**KW, "n": 64}
+    before = probes_for("with a golden frame", "implicit", blocked={"with a golden frame", "Vasquez"}, **kw)
+    after = probes_for("with a golden frame", "implicit", blocked={"with a golden frame", "Vasquez", "Okafor"}, **kw)
+    changed = [(a, b) for p, q in zip(before, after) for a, b in zip(p.prompts, q.prompts) if a != b]
+    assert changed and all("Okafor" in a and "Okafor" not in b for a, b in changed)
+    assert sum(len(p.prompts) for p in before) > 4 * len(changed)
+    # A probe that forces the style is not touched by excluding another style at all.
+    vasquez = [probes_for("Vasquez", "style", blocked=b, **kw)[0].prompts
+               for b in ({"Vasquez"}, {"Vasquez", "Okafor"})]
+    assert vasquez[0] == vasquez[1]
+
+
 def test_unknown_concepts_and_missing_references_are_refused():
     with pytest.raises(ConceptError, match="expected one of Vasquez"):
         probes_for("Picasso", "style", blocked=set(), **KW)

@@ -21,13 +21,24 @@ EVAL_SEED = 2026
 
 def ordinary_scenes(n: int, seed: int, exclude: frozenset[str] = frozenset(), **force) -> list[Scene]:
     """Ordinary world scenes (no instance, no memorized image, no style or object in `exclude`,
-    casefolded) with some attributes forced."""
+    casefolded, unless forced) with some attributes forced.
+
+    A scene that shows an excluded concept is redrawn in its own slot, so the other scenes do not
+    depend on `exclude`: adding a concept to a blocklist changes only the prompts that showed it
+    (and the image cache keeps the rest)."""
+    def excluded(s: Scene) -> bool:
+        return any(key not in force and getattr(s, key).casefold() in exclude for key in ("style", "object"))
+
     out, i = [], 0
     while len(out) < n:
         s = sample_scene(scene_rng(seed, i))
         i += 1
-        if s.memorized or s.instance or s.style.casefold() in exclude or s.object.casefold() in exclude:
+        if s.memorized or s.instance:
             continue
+        redraw = 0
+        while excluded(s) or s.memorized or s.instance:
+            redraw += 1
+            s = sample_scene(np.random.default_rng([seed, i - 1, redraw]))
         out.append(dataclasses.replace(s, **force))
     return out
 
