@@ -61,10 +61,10 @@ def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, bl
 
 
 @task(**TASK)
-def generate_generic(params: PipelineParams, blocked: set[str]) -> None:
+def generate_generic(params: PipelineParams, blocked: set[str]) -> dict:
     with LOADING:
         pipe, _, cache = generate_stage.model_and_cache(params)
-    generate_stage.generate_generic(params, blocked, pipe, cache)
+    return generate_stage.generate_generic(params, blocked, pipe, cache)
 
 
 @task(**TASK)
@@ -115,8 +115,9 @@ def release_flow(params_path: str = "params.yaml") -> dict:
 
     generated = [generate_concept.submit(params, e, anchors[e["concept"]], blocked) for e in entries]
     generated.append(generate_generic.submit(params, blocked))
-    for f in generated:
-        f.result()  # raise here if any concept's generation failed for good
+    counts = [f.result() for f in generated]  # raises here if a concept's generation failed for good
+    print("images drawn (from the cache): " + ", ".join(
+        f"{c['concept']} {c['images_drawn']} ({c['images_from_cache']})" for c in counts))
 
     erased = erase(params)
     print(f"erased: {erased['steps_run']} steps; {erased['phases_from_cache']} phase(s) from the cache")

@@ -55,6 +55,7 @@ def concept_probes(params: PipelineParams, entry: dict, anchor: str | None, bloc
 def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str], pipe, cache) -> dict:
     """One concept's folder: probes.json and before.npz (base-model images per probe)."""
     probes = concept_probes(params, entry, anchor, blocked)
+    drawn, kept = cache.misses, cache.hits
     images = {p.name: cache.images(pipe, p.prompts, p.seeds, desc=f"{entry['concept'][:20]}: {p.name}")
               for p in probes}
     concept = inputs.concept(entry, anchor)
@@ -64,15 +65,18 @@ def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, bl
     with atomic_dir(params.paths.stage("generate") / inputs.slug(entry["concept"])) as tmp:
         (tmp / "probes.json").write_text(json.dumps(record, indent=1))
         np.savez_compressed(tmp / "before.npz", **images)
-    return {"concept": entry["concept"], "probes": len(probes)}
+    return {"concept": entry["concept"], "probes": len(probes),
+            "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
 
 
-def generate_generic(params: PipelineParams, blocked: set[str], pipe, cache) -> None:
+def generate_generic(params: PipelineParams, blocked: set[str], pipe, cache) -> dict:
     prompts, seeds, real = world_probes.generic(params.generate.generic_images, params.seed, blocked)
+    drawn, kept = cache.misses, cache.hits
     images = cache.images(pipe, prompts, seeds, desc="generic prompts")
     with atomic_dir(params.paths.stage("generate") / GENERIC) as tmp:
         (tmp / "probes.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}, indent=1))
         np.savez_compressed(tmp / "before.npz", generic=images, real=real)
+    return {"concept": GENERIC, "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
 
 
 def run(params: PipelineParams) -> dict:
