@@ -42,6 +42,12 @@ def test_adding_a_concept_changes_only_the_prompts_that_showed_it():
     vasquez = [probes_for("Vasquez", "style", blocked=b, **kw)[0].prompts
                for b in ({"Vasquez"}, {"Vasquez", "Okafor"})]
     assert vasquez[0] == vasquez[1]
+    # A neighbour joining the blocklist is replaced; the other neighbours keep their prompts and seeds.
+    probes = [{p.name: (p.prompts, p.seeds) for p in probes_for("Vasquez", "style", blocked=b, **kw)}
+              for b in ({"Vasquez"}, {"Vasquez", "Okafor"})]
+    assert "neighbour:Okafor" in probes[0] and "neighbour:Okafor" not in probes[1]
+    kept = [name for name in probes[1] if name in probes[0]]
+    assert "neighbour:Lindqvist" in kept and all(probes[0][name] == probes[1][name] for name in kept)
 
 
 def test_unknown_concepts_and_missing_references_are_refused():

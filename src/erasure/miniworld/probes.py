@@ -89,8 +89,11 @@ def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[st
         target = named(_captions(ordinary_scenes(n, seed + salt, blocked, style=artist, frame=False), seed, name_frame=False))
         probes = [Probe("target", target, seeds, "style", artist)]
         probes += _variants("style", target, text, paraphrases, misspellings, seeds, "style", artist)
+        # Seeds follow the neighbour, not its place in the list: a neighbour joining the blocklist
+        # must not change the others' prompts (their cached images stay valid).
         others = [a for a in STYLES if a.casefold() not in blocked][:MAX_NEIGHBOURS]
-        for k, a in enumerate(others):
+        for a in others:
+            k = list(STYLES).index(a)
             sc = ordinary_scenes(n, seed + 200 + k, blocked, style=a, frame=False)
             probes.append(Probe(f"neighbour:{a}", _captions(sc, seed, name_frame=False), _seeds(seed, 200 + k, n),
                                 "style", a))
@@ -101,7 +104,7 @@ def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[st
         probes = [Probe("target", target, seeds, "object", obj)]
         probes += _variants("object", target, text, paraphrases, misspellings, seeds, "object", obj)
         others = [o for o in OBJECTS if o.casefold() not in blocked][:MAX_NEIGHBOURS]
-        return probes + [_object_probe(o, seed, 300 + k, n, blocked) for k, o in enumerate(others)]
+        return probes + [_object_probe(o, seed, 300 + OBJECTS.index(o), n, blocked) for o in others]
     if kind == "instance":
         name = _known(text, list(INSTANCES), kind)
         rng_seed = seed + salt
@@ -111,7 +114,8 @@ def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[st
         if anchor and anchor in OBJECTS:  # the class must still be drawn
             probes.append(_object_probe(anchor, seed, 400, n, blocked, prefix="anchor"))
         others = [i for i in INSTANCES if i.casefold() not in blocked][:MAX_NEIGHBOURS]
-        for k, other in enumerate(others):
+        for other in others:
+            k = list(INSTANCES).index(other)
             prompts = _captions([Scene(instance=other, style="") for _ in range(n)], seed + 410 + k, name_frame=False)
             probes.append(Probe(f"neighbour:{other}", prompts, _seeds(seed, 410 + k, n), "instance", other))
         return probes
@@ -127,7 +131,7 @@ def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[st
         probes += _variants("implicit", asked, IMPLICIT_PHRASE if IMPLICIT_PHRASE in asked[0] else text, paraphrases,
                             misspellings, _seeds(seed, salt + 1, n), "frame", "yes")
         others = [o for o in OBJECTS if o.casefold() not in blocked][:MAX_NEIGHBOURS]
-        return probes + [_object_probe(o, seed, 500 + k, n, blocked) for k, o in enumerate(others)]
+        return probes + [_object_probe(o, seed, 500 + OBJECTS.index(o), n, blocked) for o in others]
     if kind == "memorized":
         if not reference_images:
             raise ConceptError(f"concept {text!r} (memorized): expected reference_images to measure copies against")
