@@ -16,7 +16,10 @@ import sys
 import threading
 
 for _var, _value in {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
-                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}.items():
+                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+                     # A first run creates Prefect's database; on 2 busy cores that outlasted the
+                     # default 20 s wait for the temporary API server.
+                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
     os.environ.setdefault(_var, _value)
 
 from prefect import flow, task  # noqa: E402

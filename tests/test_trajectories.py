@@ -26,7 +26,8 @@ def test_batched_lockstep_equals_one_by_one(parts):
     for i, k in enumerate(stops.tolist()):
         xi, ti = partial_trajectories(eps, cfg, cond, uncond, torch.tensor([k]), (4, 8, 8), num_steps=10,
                                       noise=noise[i:i + 1])
-        assert torch.allclose(xb[i], xi[0], atol=1e-5), i
+        # float32 batched and single-row kernels differ in the last bits (values reach ~50 here)
+        assert torch.allclose(xb[i], xi[0], rtol=1e-4, atol=1e-4), i
         assert tb[i] == ti[0]
     assert torch.equal(xb[0], noise[0])  # zero steps: the starting noise, at the first timestep
     assert tb[0] > tb[2] > tb[1] > tb[3]  # more steps, lower timestep
