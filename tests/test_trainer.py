@@ -128,10 +128,19 @@ def test_added_concept_trains_only_its_phase_and_matches_a_run_from_scratch(tiny
 
 
 @pytest.mark.parametrize("preserve_from", ["base", "current"])
-def test_sequential_preservation_rows_keep_the_base_models_prediction(tiny_pipeline_dir, tmp_path, preserve_from):
+def test_sequential_preservation_rows_keep_the_base_models_prediction(tiny_pipeline_dir, tmp_path, preserve_from,
+                                                                       monkeypatch):
+    from erasure.methods import esd
+
+    excluded = []  # per phase, the concepts its preservation prompts avoid
+    real = esd.preservation_prompts
+    monkeypatch.setattr(esd, "preservation_prompts",
+                        lambda exclude, *a, **kw: excluded.append([c.text for c in exclude]) or real(exclude, *a, **kw))
     settings = _settings(steps=3, lr=1e-2, mode="sequential",
                          options={"preserve_prompts": 4, "preserve_share": 0.5, "preserve_from": preserve_from})
     _erase(tiny_pipeline_dir, tmp_path / "work", settings, (CAT, DOG), tmp_path / "d.safetensors")
+    # Toward the base model a prompt naming "cat" would bring it back; toward the current one it keeps it erased.
+    assert excluded == [["cat"], ["cat", "dog"] if preserve_from == "base" else ["dog"]]
     pool = Pool.load(tmp_path / "work" / "phases" / "1" / "pool-0.safetensors")  # the second phase's
     keep = slice(4, 8)  # pool_size 8, half of it preservation rows, after the erase rows
     x, t = pool.rows["x"][keep], pool.rows["t"][keep]

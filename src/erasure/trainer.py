@@ -253,6 +253,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         # Preservation prompts avoid every concept erased so far, and none later: a phase depends
         # only on the phases up to it (what its phase-cache key holds).
         bench.run_concepts = tuple(j.concept for p in phases[:k + 1] for j in p)
+        bench.phase_concepts = tuple(j.concept for j in phase)
         t0 = time.time()
         pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
                        (settings.seed, k, i), accelerator) for i, j in enumerate(phase)]

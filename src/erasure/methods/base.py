@@ -84,8 +84,10 @@ class Bench:
     model: EditableModel
     model_spec: str = "miniworld"
     # The concepts erased so far in the run (the trainer sets it per phase): a method's preservation
-    # prompts name none of them.
+    # prompts toward the base model name none of them.
     run_concepts: tuple[Concept, ...] = ()
+    # The concepts this phase erases (all of them in a joint run).
+    phase_concepts: tuple[Concept, ...] = ()
     _frozen: object = None
     # The base model's values of the trainable tensors, when the trainer keeps them (a sequential
     # run with preservation rows); None: the current weights are the base (joint runs, phase 0).

@@ -48,6 +48,7 @@ class ESDOptions(Options):
     implicit_trajectories: Literal["scene", "named"] = "scene"
     # Preservation (our extension, off by default): this many prompts naming none of the run's
     # concepts, trained toward the frozen model's own prediction, make up `preserve_share` of the pool.
+    # With `preserve_from="current"` they may name earlier phases' concepts: that holds them erased.
     preserve_prompts: int = 0
     preserve_share: float = 0.25
     # Whose prediction the preservation rows keep: the base model's ("base"), or the model as this
@@ -157,7 +158,10 @@ def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep
     """The erase rows plus `keep` preservation rows: prompts q_j naming none of the run's concepts,
     with x_t from their own trajectories and target eps(x_t, q_j) of the base model (or of the
     current one, `preserve_from="current"`), so the edit leaves them alone."""
-    prompts = preservation_prompts(bench.run_concepts or (concept,), options.preserve_prompts, bench.model_spec,
+    # Toward the current model, which no longer draws the earlier phases' concepts, prompts naming
+    # them hold those erasures in place; toward the base model they would undo them.
+    exclude = bench.phase_concepts if options.preserve_from == "current" else bench.run_concepts
+    prompts = preservation_prompts(exclude or (concept,), options.preserve_prompts, bench.model_spec,
                                    seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     q = bench.encode(prompts)
     pick = torch.randint(0, len(q), (keep,), generator=gen)
