@@ -103,13 +103,15 @@ def test_killed_flow_resumes_from_its_checkpoint_to_the_stages_release(staged, t
     # The stages' images, as a user's cache would hold them: the flow draws nothing (its erased model
     # is the stages' one, bit for bit), so the test's time goes to Prefect and the training.
     shutil.copytree(staged[0] / "cache" / "images", tmp_path / "cache" / "images")
-    proc = _flow(params_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # In its own process group, killed whole: Prefect's temporary API server is a child process
+    # that would outlive a flow killed alone.
+    proc = _flow(params_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
     checkpoints = lambda: list((tmp_path / "cache" / "erase").glob("*/checkpoint/state.json"))  # noqa: E731
     while not checkpoints() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, "the flow ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "releases" / "LATEST").exists()
     assert _flow(params_path).wait(timeout=1200) == 0

@@ -58,7 +58,7 @@ class DetectorNet(nn.Module):
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32) in [-1, 1]."""
-    t = torch.as_tensor(np.asarray(images))
+    t = torch.as_tensor(np.array(images))  # a copy: decoded images may be read-only views
     if t.ndim == 3:
         t = t[None]
     return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
