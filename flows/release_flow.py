@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 
 for _var, _value in {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
@@ -26,6 +25,7 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from erasure import models  # noqa: E402
 from erasure.config import PipelineParams, load_params  # noqa: E402
 from erasure.pipeline import anchors as anchors_stage  # noqa: E402
 from erasure.pipeline import erase as erase_stage  # noqa: E402
@@ -55,17 +55,18 @@ def choose_anchors(params: PipelineParams) -> dict:
 # Loading itself is serialized: diffusers loads through accelerate's init_empty_weights, which
 # patches torch.nn.Module process-wide, so a model built in another thread meanwhile lands on the
 # meta device (seen here: the detector failed "Tensor on device meta" until its task retried).
-LOADING = threading.Lock()
+# The lock is reached through its module: a served flow is pickled into its run's process, and a
+# lock object itself cannot be.
 @task(**TASK, task_run_name="generate {entry[concept]}")
 def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]) -> dict:
-    with LOADING:
+    with models.LOADING:
         pipe, _, cache = generate_stage.model_and_cache(params)
     return generate_stage.generate_concept(params, entry, anchor, blocked, pipe, cache)
 
 
 @task(**TASK)
 def generate_generic(params: PipelineParams, blocked: set[str]) -> dict:
-    with LOADING:
+    with models.LOADING:
         pipe, _, cache = generate_stage.model_and_cache(params)
     return generate_stage.generate_generic(params, blocked, pipe, cache)
 
@@ -79,7 +80,7 @@ def erase(params: PipelineParams) -> dict:
 def evaluate_concept(params: PipelineParams, entry: dict) -> dict:
     from erasure.detectors.miniworld import MiniworldDetector
 
-    with LOADING:
+    with models.LOADING:
         pipe, _, cache = evaluate_stage.erased_model(params)
         detector = MiniworldDetector.load()
     return evaluate_stage.evaluate_concept(params, entry, pipe, cache, detector)
@@ -89,7 +90,7 @@ def evaluate_concept(params: PipelineParams, entry: dict) -> dict:
 def evaluate_generic(params: PipelineParams) -> tuple[str, dict]:
     from erasure.detectors.miniworld import MiniworldDetector
 
-    with LOADING:
+    with models.LOADING:
         pipe, base_hash, cache = evaluate_stage.erased_model(params)
         detector = MiniworldDetector.load()
     return base_hash, evaluate_stage.evaluate_generic(params, pipe, cache, detector)

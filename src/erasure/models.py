@@ -49,11 +49,13 @@ def load_pipeline(spec: str = MINIWORLD, dtype: torch.dtype = torch.float32, dev
     Thread-safe: loading builds modules on the meta device through process-wide switches, so two
     threads loading at once (per-concept flow tasks) would corrupt each other; one loads at a time.
     """
-    with _LOADING:
+    with LOADING:
         return _load_pipeline(spec, dtype, device)
 
 
-_LOADING = threading.Lock()
+# Reentrant: callers that build other models alongside (the flow's per-concept tasks: the detector)
+# hold it around their own loading too.
+LOADING = threading.RLock()
 
 
 def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
