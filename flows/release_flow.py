@@ -25,7 +25,6 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from erasure import models  # noqa: E402
 from erasure.config import PipelineParams, load_params  # noqa: E402
 from erasure.pipeline import anchors as anchors_stage  # noqa: E402
 from erasure.pipeline import erase as erase_stage  # noqa: E402
@@ -51,23 +50,17 @@ def choose_anchors(params: PipelineParams) -> dict:
 
 
 # Each per-concept task loads its own pipeline: tasks run in parallel threads, and a diffusers
-# scheduler keeps per-call state, so one pipeline cannot serve two threads (loading takes < 1 s).
-# Loading itself is serialized: diffusers loads through accelerate's init_empty_weights, which
-# patches torch.nn.Module process-wide, so a model built in another thread meanwhile lands on the
-# meta device (seen here: the detector failed "Tensor on device meta" until its task retried).
-# The lock is reached through its module: a served flow is pickled into its run's process, and a
-# lock object itself cannot be.
+# scheduler keeps per-call state, so one pipeline cannot serve two threads (loading takes < 1 s;
+# erasure.models serializes it, since diffusers patches torch.nn.Module process-wide meanwhile).
 @task(**TASK, task_run_name="generate {entry[concept]}")
 def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]) -> dict:
-    with models.LOADING:
-        pipe, _, cache = generate_stage.model_and_cache(params)
+    pipe, _, cache = generate_stage.model_and_cache(params)
     return generate_stage.generate_concept(params, entry, anchor, blocked, pipe, cache)
 
 
 @task(**TASK)
 def generate_generic(params: PipelineParams, blocked: set[str]) -> dict:
-    with models.LOADING:
-        pipe, _, cache = generate_stage.model_and_cache(params)
+    pipe, _, cache = generate_stage.model_and_cache(params)
     return generate_stage.generate_generic(params, blocked, pipe, cache)
 
 
@@ -80,9 +73,8 @@ def erase(params: PipelineParams) -> dict:
 def evaluate_concept(params: PipelineParams, entry: dict) -> dict:
     from erasure.detectors.miniworld import MiniworldDetector
 
-    with models.LOADING:
-        pipe, _, cache = evaluate_stage.erased_model(params)
-        detector = MiniworldDetector.load()
+    pipe, _, cache = evaluate_stage.erased_model(params)
+    detector = MiniworldDetector.load()
     return evaluate_stage.evaluate_concept(params, entry, pipe, cache, detector)
 
 
@@ -90,9 +82,8 @@ def evaluate_concept(params: PipelineParams, entry: dict) -> dict:
 def evaluate_generic(params: PipelineParams) -> tuple[str, dict]:
     from erasure.detectors.miniworld import MiniworldDetector
 
-    with models.LOADING:
-        pipe, base_hash, cache = evaluate_stage.erased_model(params)
-        detector = MiniworldDetector.load()
+    pipe, base_hash, cache = evaluate_stage.erased_model(params)
+    detector = MiniworldDetector.load()
     return base_hash, evaluate_stage.evaluate_generic(params, pipe, cache, detector)
 
 

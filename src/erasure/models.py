@@ -53,9 +53,8 @@ def load_pipeline(spec: str = MINIWORLD, dtype: torch.dtype = torch.float32, dev
         return _load_pipeline(spec, dtype, device)
 
 
-# Reentrant: callers that build other models alongside (the flow's per-concept tasks: the detector)
-# hold it around their own loading too.
-LOADING = threading.RLock()
+# Held by every model build that may run beside a pipeline load in another thread (the detector).
+LOADING = threading.Lock()
 
 
 def _load_pipeline(spec: str, dtype: torch.dtype, device: str):

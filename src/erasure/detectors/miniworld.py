@@ -127,7 +127,10 @@ class MiniworldDetector:
             state = load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise DetectorError(f"detector weights at {path} are unreadable: {exc}") from exc
-        net = DetectorNet()
+        from ..models import LOADING
+
+        with LOADING:  # built while another thread loads a pipeline, it would land on the meta device
+            net = DetectorNet()
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:

@@ -155,11 +155,11 @@ class ESD:
 
 def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep: int, gen: torch.Generator,
                        x, t, target, train) -> Pool:
-    """The erase rows plus `keep` preservation rows: prompts q_j naming none of the run's concepts,
-    with x_t from their own trajectories and target eps(x_t, q_j) of the base model (or of the
-    current one, `preserve_from="current"`), so the edit leaves them alone."""
-    # Toward the current model, which no longer draws the earlier phases' concepts, prompts naming
-    # them hold those erasures in place; toward the base model they would undo them.
+    """The erase rows plus `keep` preservation rows: prompts q_j with x_t from their own
+    trajectories and target eps(x_t, q_j) of the base model, naming none of the run's concepts so
+    far (or of the current model, naming none of this phase's: `preserve_from="current"`, where
+    prompts naming earlier phases' concepts hold those erasures in place), so the edit leaves them
+    alone."""
     exclude = bench.phase_concepts if options.preserve_from == "current" else bench.run_concepts
     prompts = preservation_prompts(exclude or (concept,), options.preserve_prompts, bench.model_spec,
                                    seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
