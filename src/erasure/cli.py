@@ -341,23 +341,28 @@ def miniworld_render(
 
 @miniworld_app.command("train")
 def miniworld_train(
-    phase: Annotated[str, typer.Argument(help="data | vae | diffusion | decoder | export | all")] = "all",
+    phase: Annotated[str, typer.Argument(
+        help="data | vae | diffusion | decoder | export | all, or implicit | export-implicit (refine --base)")] = "all",
     workdir: Annotated[Path, typer.Option(help="Checkpoints and cached data; runs resume from here.")] = Path(
         "~/.cache/erasure/miniworld-train").expanduser(),
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Export folder (default: the shipped one).")] = None,
     vae_steps: Optional[int] = None,
     diffusion_steps: Optional[int] = None,
     decoder_steps: Optional[int] = None,
+    implicit_steps: Optional[int] = None,
+    base: Annotated[Optional[Path], typer.Option(
+        help="Exported pipeline the implicit phases refine (default: the shipped one).")] = None,
     threads: int = 2,
 ):
     """Train the miniworld model from scratch (resumable; every phase continues from its checkpoint)."""
     import torch
 
-    from .miniworld.train import PHASES, TrainConfig, export
+    from .miniworld.train import PHASES, TrainConfig, export, export_implicit, refine_implicit
     from .models import MINIWORLD_PATH
 
     cfg = TrainConfig(workdir=workdir, threads=threads)
-    for name, value in (("vae_steps", vae_steps), ("diffusion_steps", diffusion_steps), ("decoder_steps", decoder_steps)):
+    for name, value in (("vae_steps", vae_steps), ("diffusion_steps", diffusion_steps), ("decoder_steps", decoder_steps),
+                        ("implicit_steps", implicit_steps)):
         if value is not None:
             setattr(cfg, name, value)
     torch.set_num_threads(threads)
@@ -365,10 +370,15 @@ def miniworld_train(
     for p in order:
         if p == "export":
             export(cfg, out_path or MINIWORLD_PATH)
+        elif p == "implicit":
+            refine_implicit(cfg, base or MINIWORLD_PATH)
+        elif p == "export-implicit":
+            export_implicit(cfg, base or MINIWORLD_PATH, out_path or MINIWORLD_PATH)
         elif p in PHASES:
             PHASES[p](cfg)
         else:
-            _fail(f"unknown phase {p!r}; expected one of data, vae, diffusion, decoder, export, all")
+            _fail(f"unknown phase {p!r}; expected one of data, vae, diffusion, decoder, export, all, "
+                  "implicit, export-implicit")
 
 
 @miniworld_app.command("train-detector")
