@@ -58,6 +58,9 @@ CASES = {
                              {"x", "t", "target", "train_idx"}),
     "esd-implicit-scene": ("esd", dict(text="nudity", kind="nudity", anchor_prompts=SHORT),
                            {"ddim_steps": 4, "context_prompts": 2, "implicit_trajectories": "named"}, {"x", "t", "target"}),
+    "esd-implicit-direction": ("esd", dict(text="nudity", kind="nudity", anchor_prompts=SHORT),
+                               {"ddim_steps": 4, "context_prompts": 2, "implicit_direction": "scene"},
+                               {"x", "t", "target", "c_idx", "u_idx"}),
     "esd-reference": ("esd", dict(text="the memorized one", kind="memorized"), {"x_source": "reference"},
                       {"x", "t", "target"}),
     "esd-trained": ("esd", CAT, {"ddim_steps": 4, "sampler": "trained"}, {"stop", "noise"}),
@@ -101,6 +104,19 @@ def test_pool_builds_and_loss_has_gradient_only_on_the_selected_parameters(case,
         else:
             assert p.grad is None, pname
     assert norm > 0
+
+
+def test_esd_implicit_scene_direction_is_the_scene_with_minus_without_the_concept(tiny_pipeline_dir):
+    concept = Concept(text="nudity", kind="nudity", anchor_prompts=SHORT)
+    opts = {"ddim_steps": 4, "context_prompts": 2, "implicit_direction": "scene", "eta": 2.0}
+    bench, pool, _ = _pool_and_loss(tiny_pipeline_dir, "esd", concept, opts)
+    rows, conds = pool.rows, pool.conds
+    f, p = conds["c"][rows["c_idx"]], conds["u"][rows["u_idx"]]
+    assert torch.equal(p, conds["train"][rows["train_idx"]])  # the unnamed scene prompt is trained
+    assert not torch.equal(f, p)
+    with torch.no_grad():
+        e_f, e_p = bench.eps(rows["x"], rows["t"], f), bench.eps(rows["x"], rows["t"], p)
+    torch.testing.assert_close(rows["target"], e_p - 2.0 * (e_f - e_p), rtol=1e-4, atol=1e-5)
 
 
 def test_esd_erase_from_trains_the_broader_prompt_toward_its_own_prediction(tiny_pipeline_dir):

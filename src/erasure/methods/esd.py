@@ -17,7 +17,8 @@ eps*(p_i)), x_t from trajectories of f_i. The negative guidance is taken relativ
 scene without the concept instead of the empty prompt. For implicit kinds (nudity, an attribute
 that appears unprompted) it is the "erase from" form with f = each scene prompt p_i as users write
 it: eps_theta(x_t, p_i) -> eps*(p_i) - eta * (eps*(c) - eps*("")), x_t from trajectories of p_i;
-`implicit_trajectories="named"` takes x_t from trajectories of f_i instead (p_i naming the concept).
+`implicit_trajectories="named"` takes x_t from trajectories of f_i instead (p_i naming the concept),
+and `implicit_direction="scene"` takes the direction eps*(f_i) - eps*(p_i) instead of the concept's.
 Why: a small text encoder encodes a name
 differently in context than alone, and the paper's single-prompt form then does not reach the
 prompts users write (measured on the miniworld: see benchmarks/results/methods.md).
@@ -46,6 +47,10 @@ class ESDOptions(Options):
     # ("scene"), or of the same scenes naming the concept, f_i ("named": every x_t carries it, as
     # the paper's x_t from trajectories of c do).
     implicit_trajectories: Literal["scene", "named"] = "scene"
+    # Implicit kinds in context: the negative direction is the concept's own, eps*(c) - eps*("")
+    # ("concept"), or the same scene with and without it, eps*(f_i) - eps*(p_i) ("scene": what naming
+    # the concept changes in that scene).
+    implicit_direction: Literal["concept", "scene"] = "concept"
     # Preservation (our extension, off by default): this many prompts naming none of the run's
     # concepts, trained toward the frozen model's own prediction, make up `preserve_share` of the pool.
     # With `preserve_from="current"` they may name earlier phases' concepts: that holds them erased.
@@ -107,6 +112,9 @@ class ESD:
                 conds = {"c": bench.encode([concept.text]), "u": empty, "base": p, "train": p, "empty": empty,
                          "traj": f if options.implicit_trajectories == "named" else p}
                 rows = {"base_idx": pick, "train_idx": pick.clone(), "traj_idx": pick.clone()}
+                if options.implicit_direction == "scene":
+                    conds |= {"c": f, "u": p}
+                    rows |= {"c_idx": pick.clone(), "u_idx": pick.clone()}
             else:
                 conds = {"c": f, "u": p, "base": p, "train": f, "empty": empty}
                 rows = {f"{k}_idx": pick.clone() for k in ("c", "u", "base", "train")}
