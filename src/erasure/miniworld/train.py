@@ -283,7 +283,7 @@ def export(cfg: TrainConfig, out: Path) -> Path:
 
 
 def _implicit_modules(base: Path):
-    """VAE, tokenizer, scheduler and the trainable text encoder + UNet of an exported pipeline."""
+    """An exported pipeline, and its text encoder + UNet (the refined part) as one module."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, feature_extractor=None,
