@@ -22,8 +22,9 @@ for kind in _NAMED:
     RECIPES["ca", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"anchor_images": 128}}
     RECIPES["loss-max", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"images": 128}}
 for kind in _IMPLICIT:
-    # The in-scene direction (what naming the frame changes in each scene): the concept's own
-    # direction at eta 3 cut the frame 82% but broke objects (cross -28 points); candidate, being tuned.
+    # The in-scene direction (what naming the frame changes in each scene), eta 4: the unnamed frame
+    # 0.46 -> 0.12 (-74%), objects within 6 points; the concept's own direction at eta 3 cut it 82%
+    # but broke objects (cross -28 points). Measured in benchmarks/results/methods.md (esd-u-implicit).
     RECIPES["esd", kind] = {"rule": "noxattn", "steps": 200, "lr": 2e-4,
                             "options": {"eta": 4.0, "context_prompts": 64, "implicit_direction": "scene"}}
     # Anchor images drawn without the attribute (detector-filtered), denoised under the scene
