@@ -131,18 +131,18 @@ def test_a_missing_file_is_named(tmp_path):
 def test_default_yaml_and_csv_load_and_agree(tokenizer):
     a = load_blocklist(ROOT / "blocklists" / "default.yaml", tokenizer)
     b = load_blocklist(ROOT / "blocklists" / "example.csv", tokenizer)
-    assert [e.concept for e in a.entries] == ["Vasquez", "Pip", "with a golden frame", "the midnight lantern poster"]
+    assert [e.concept for e in a.entries] == ["Pip", "with a golden frame", "the midnight lantern poster", "Vasquez"]
     assert a.entries == b.entries and a.sha256 == b.sha256 and a.notes == b.notes == ()
-    lantern = a.entries[3]
+    lantern = a.entries[2]
     assert lantern.reference_images == (str((ROOT / "blocklists" / "images" / "midnight-lantern.png").resolve()),)
-    assert len(lantern.paraphrases) == 2 and a.entries[1].anchor == "circle"
+    assert len(lantern.paraphrases) == 2 and a.entries[0].anchor == "circle"
 
 
 def test_hash_survives_a_copy_of_the_repo_folder_but_not_a_new_image(tmp_path):
     original = load_blocklist(ROOT / "blocklists" / "default.yaml")
     shutil.copytree(ROOT / "blocklists", tmp_path / "moved")
     moved = load_blocklist(tmp_path / "moved" / "default.yaml")
-    assert moved.entries[3].reference_images != original.entries[3].reference_images
+    assert moved.entries[2].reference_images != original.entries[2].reference_images
     assert moved.sha256 == original.sha256
     from PIL import Image
 
@@ -181,9 +181,9 @@ def test_to_concepts_and_the_json_round_trip(tmp_path):
     assert json.loads(b.to_json())["sha256"] == b.sha256
     concepts = b.to_concepts()
     assert all(isinstance(c, Concept) for c in concepts)
-    assert (concepts[1].text, concepts[1].kind, concepts[1].anchor) == ("Pip", "instance", "circle")
-    assert concepts[3].reference_images == (Path(b.entries[3].reference_images[0]),)
-    assert concepts[3].paraphrases == b.entries[3].paraphrases
+    assert (concepts[0].text, concepts[0].kind, concepts[0].anchor) == ("Pip", "instance", "circle")
+    assert concepts[2].reference_images == (Path(b.entries[2].reference_images[0]),)
+    assert concepts[2].paraphrases == b.entries[2].paraphrases
     assert Blocklist.key(Entry(concept="PIP", kind="instance")) == "pip"
 
 
@@ -193,7 +193,7 @@ def test_a_release_blocklist_reads_back_with_the_same_hash():
 
     b = load_blocklist(ROOT / "blocklists" / "default.yaml")
     released = Blocklist.from_json(json.dumps(_portable_blocklist(json.loads(b.to_json()))))
-    assert released.entries[3].reference_images[0].startswith("midnight-lantern.png sha256:")
+    assert released.entries[2].reference_images[0].startswith("midnight-lantern.png sha256:")
     assert released.sha256 == b.sha256
     assert diff(b, released)["unchanged"] == [e.concept for e in b.entries]
 

@@ -16,7 +16,7 @@ from erasure.pipeline import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "blocklists" / "default.yaml"
-CONCEPTS = ["Vasquez", "Pip", "with a golden frame", "the midnight lantern poster"]
+CONCEPTS = ["Pip", "with a golden frame", "the midnight lantern poster", "Vasquez"]
 
 
 def _params(tmp_path: Path, blocklist: Path, **extra) -> Path:
@@ -49,10 +49,10 @@ def test_a_valid_run_writes_the_blocklist_and_its_diff(tmp_path, monkeypatch):
     blocklist = Blocklist.from_json((folder / "blocklist.json").read_text())
     assert written["sha256"] == blocklist.sha256 == load_blocklist(DEFAULT).sha256 == out["sha256"]
     # Inside the project (the stages' working directory): relative, so every checkout writes the same file.
-    image = Path(written["entries"][3]["reference_images"][0])
+    image = Path(written["entries"][2]["reference_images"][0])
     assert image == Path("blocklists/images/midnight-lantern.png") and image.is_file()
     assert written["source"] == "blocklists/default.yaml"
-    assert written["entries"][0] == {"concept": "Vasquez", "kind": "style"}  # absent fields left out
+    assert written["entries"][3] == {"concept": "Vasquez", "kind": "style"}  # absent fields left out
 
     d = json.loads((folder / "diff.json").read_text())
     assert d == {"previous_release": None, "blocklist_sha256": out["sha256"], "added": CONCEPTS, "removed": [],
@@ -63,7 +63,7 @@ def test_the_diff_against_the_previous_release(tmp_path):
     before = tmp_path / "before.yaml"  # the last release: Pip had another anchor, Bobo is gone, no frame yet
     data = yaml.safe_load(DEFAULT.read_text())
     data["concepts"] = [e for e in data["concepts"] if e["kind"] != "implicit"]
-    data["concepts"][1]["anchor"] = "square"
+    data["concepts"][0]["anchor"] = "square"
     data["concepts"].append({"concept": "Bobo", "kind": "instance"})
     for e in data["concepts"]:
         e["reference_images"] = [str(ROOT / "blocklists" / r) for r in e.get("reference_images", [])] or None
@@ -73,7 +73,7 @@ def test_the_diff_against_the_previous_release(tmp_path):
     out = ingest.run(load_params(_params(tmp_path, DEFAULT)))
     assert out["previous_release"] == "r1"
     assert (out["added"], out["removed"], out["changed"]) == (["with a golden frame"], ["Bobo"], ["Pip"])
-    assert out["unchanged"] == ["Vasquez", "the midnight lantern poster"]  # the image compares by content
+    assert out["unchanged"] == ["the midnight lantern poster", "Vasquez"]  # the image compares by content
     d = json.loads((tmp_path / "work" / "ingest" / "diff.json").read_text())
     assert d["previous_release"] == "r1" and d["added"] == ["with a golden frame"]
 
