@@ -284,10 +284,9 @@ def export(cfg: TrainConfig, out: Path) -> Path:
 
 def _implicit_modules(base: Path):
     """An exported pipeline, and its text encoder + UNet (the refined part) as one module."""
-    from diffusers import StableDiffusionPipeline
+    from ..models import load_pipeline  # one clear error for a missing or corrupt folder
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False)
+    pipe = load_pipeline(str(base))
     model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
     return pipe, model
 
