@@ -45,6 +45,15 @@ def test_generate_with_missing_model_exits_nonzero_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_miniworld_implicit_refinement_of_a_missing_folder_exits_nonzero_and_writes_nothing(tmp_path):
+    work = tmp_path / "work"
+    res = runner.invoke(app, ["miniworld", "train", "implicit", "--base", str(tmp_path / "missing"),
+                              "--workdir", str(work)])
+    assert res.exit_code == 2
+    assert "--base" in res.output and "model_index.json" in res.output
+    assert not work.exists()
+
+
 def test_detect_json_on_rendered_images(tmp_path):
     images, _, scenes = make_dataset(seed=9, count=6)
     for i, img in enumerate(images):

@@ -365,15 +365,17 @@ def miniworld_train(
                         ("implicit_steps", implicit_steps)):
         if value is not None:
             setattr(cfg, name, value)
+    if phase in ("implicit", "export-implicit") and base is not None and not (base / "model_index.json").is_file():
+        _fail(f"--base {base}: expected an exported diffusers pipeline folder (with model_index.json)")
     torch.set_num_threads(threads)
     order = ["data", "vae", "diffusion", "decoder", "export"] if phase == "all" else [phase]
     for p in order:
         if p == "export":
             export(cfg, out_path or MINIWORLD_PATH)
         elif p == "implicit":
-            refine_implicit(cfg, base or MINIWORLD_PATH)
+            _guard(refine_implicit, cfg, base or MINIWORLD_PATH)
         elif p == "export-implicit":
-            export_implicit(cfg, base or MINIWORLD_PATH, out_path or MINIWORLD_PATH)
+            _guard(export_implicit, cfg, base or MINIWORLD_PATH, out_path or MINIWORLD_PATH)
         elif p in PHASES:
             PHASES[p](cfg)
         else:
