@@ -63,7 +63,7 @@ ROWS = {
         bound="(paper's single-prompt form, for comparison)"),
     "esd-x-style-trained-sampler": dict(
         concepts=[{"text": "Vasquez", "kind": "style"}],
-        settings=recipe("esd", "style", sampler="trained"),
+        settings=recipe("esd", "style", sampler="trained", preserve_prompts=0),  # preservation needs the frozen pool
         target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]],
         bound="(the paper's sampler: a fresh trajectory every step, no cache; for speed)"),
     "esd-u-implicit": dict(
