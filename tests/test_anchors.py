@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from erasure.anchors import choose, text_embedder
+from erasure.anchors import choose, guidance_embedder, text_embedder
 from erasure.concept import ConceptError
 
 COMMON = dict(paraphrases=[], no_anchor_methods=["esd", "loss-max"])
@@ -33,15 +33,26 @@ def test_closest_candidate_is_chosen_never_the_target_or_a_paraphrase():
                no_anchor_methods=[])
 
 
-def test_miniworld_text_encoder_picks_each_instances_class():
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+def test_miniworld_guidance_directions_pick_each_instances_class():
     from erasure.miniworld.concepts import INSTANCES, OBJECTS
-    from erasure.models import MINIWORLD_PATH
+    from erasure.models import load_pipeline
 
-    embed = text_embedder(CLIPTokenizer.from_pretrained(MINIWORLD_PATH / "tokenizer"),
-                          CLIPTextModel.from_pretrained(MINIWORLD_PATH / "text_encoder"))
+    embed = guidance_embedder(load_pipeline("miniworld"))
     for name, inst in INSTANCES.items():
         c = choose(name, "instance", "ca", anchor=None, candidates=list(OBJECTS), embed=embed, paraphrases=[],
                    no_anchor_methods=[])
         assert c.anchor == inst.object, (name, c.scores)
+        assert "guidance-direction" in c.reason
+
+
+@pytest.mark.parametrize("make", ["guidance", "text"])
+def test_embedders_give_repeatable_unit_vectors(tiny_pipeline_dir, make):
+    from erasure.models import load_pipeline
+
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    embed = guidance_embedder(pipe) if make == "guidance" else text_embedder(pipe.tokenizer, pipe.text_encoder)
+    texts = ["an image of a dog", "an image of a cup", "an image of a hat"]
+    a, b = embed(texts), embed(texts)
+    assert a.shape[0] == 3 and torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert not torch.allclose(a[0], a[1])

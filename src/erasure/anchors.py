@@ -2,9 +2,15 @@
 
 An explicit anchor in the blocklist wins. Methods that need none (ESD maps a concept onto the
 model's unconditional prediction) get none. Otherwise the anchor is the candidate of the
-concept's kind whose text embedding is closest to the concept's, never the target itself or one
-of its paraphrases. Closeness is the cosine of the text encoder's pooled output for
-"an image of <text>": on the miniworld it picks each named instance's own class.
+concept's kind closest to the concept, never the target itself or one of its paraphrases, by one
+of two similarities (`anchors.similarity` in params.yaml):
+- `guidance` (default): the cosine of the model's guidance directions eps(x_t, "an image of <text>")
+  - eps(x_t, "") over fixed latents and timesteps, i.e. what naming the text makes the UNet draw.
+  On the miniworld it picks each named instance's own class, before and after the model's implicit
+  refinement.
+- `text`: the cosine of the text encoder's pooled output for "an image of <text>" (no UNet calls;
+  suits CLIP text encoders). The miniworld's small causal encoder does not place instances by
+  their class: on the refined model it puts Bobo and Zuzu nearest 'moon'.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ class AnchorChoice:
 
 def choose(concept: str, kind: str, method: str, *, anchor: str | None, paraphrases: list[str],
            candidates: list[str], no_anchor_methods: list[str], embed) -> AnchorChoice:
-    """`embed(texts) -> (n, d)` unit vectors (see `text_embedder`); called only when a choice is needed."""
+    """`embed(texts) -> (n, d)` unit vectors (`guidance_embedder`, `text_embedder`); called only when a
+    choice is needed."""
     if anchor:
         return AnchorChoice(concept, anchor, "given in the blocklist")
     if method in no_anchor_methods:
@@ -52,8 +59,8 @@ def choose(concept: str, kind: str, method: str, *, anchor: str | None, paraphra
     sims = (vectors[1:] @ vectors[0]).tolist()
     scores = {c: round(s, 4) for c, s in zip(pool, sims)}
     best = max(pool, key=lambda c: (scores[c], -pool.index(c)))  # ties: the earlier candidate
-    return AnchorChoice(concept, best, f"closest of {len(pool)} {kind} candidates by text-encoder similarity "
-                                       f"({scores[best]:.2f})", scores)
+    return AnchorChoice(concept, best, f"closest of {len(pool)} {kind} candidates by {getattr(embed, 'kind', 'embedding')} "
+                                       f"similarity ({scores[best]:.2f})", scores)
 
 
 def text_embedder(tokenizer, text_encoder):
@@ -66,4 +73,38 @@ def text_embedder(tokenizer, text_encoder):
         pooled = text_encoder(ids.to(text_encoder.device)).pooler_output.float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
+    embed.kind = "text-encoder"
+    return embed
+
+
+# Fixed probes of the guidance embedding: a few noise levels across sampling, 16 latents each.
+GUIDANCE_TIMESTEPS = (300, 600, 900)
+GUIDANCE_SAMPLES = 16
+
+
+def guidance_embedder(pipe, seed: int = 0):
+    """Unit-norm guidance directions eps(x, t, text) - eps(x, t, "") of an SD 1.x / 2.x pipeline,
+    concatenated over GUIDANCE_TIMESTEPS on GUIDANCE_SAMPLES fixed Gaussian latents (seeded)."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ConceptError("anchors.similarity 'guidance' supports SD 1.x / 2.x pipelines; use 'text' for SDXL")
+    unet, tokenizer, text_encoder = pipe.unet, pipe.tokenizer, pipe.text_encoder
+    size = unet.config.sample_size
+    latents = torch.randn(GUIDANCE_SAMPLES, unet.config.in_channels, size, size,
+                          generator=torch.Generator().manual_seed(seed)).to(unet.device, unet.dtype)
+    last = pipe.scheduler.config.num_train_timesteps - 1
+
+    @torch.no_grad()
+    def embed(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer([*texts, ""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                        return_tensors="pt").input_ids
+        states = text_encoder(ids.to(text_encoder.device))[0].to(unet.dtype)
+        directions = []
+        for t in GUIDANCE_TIMESTEPS:
+            step = torch.full((GUIDANCE_SAMPLES,), min(t, last), device=unet.device)
+            eps = [unet(latents, step, encoder_hidden_states=s.expand(GUIDANCE_SAMPLES, -1, -1)).sample.float()
+                   for s in states.unsqueeze(1)]
+            directions.append(torch.stack([(e - eps[-1]).flatten() for e in eps[:-1]]))
+        return torch.nn.functional.normalize(torch.cat(directions, dim=1), dim=-1).cpu()
+
+    embed.kind = "guidance-direction"
     return embed

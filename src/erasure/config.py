@@ -37,6 +37,8 @@ class AnchorParams(_Section):
     candidates: dict[str, list[str]] = {}
     # Kinds whose method needs no anchor (ESD maps onto the unconditional prediction).
     none_for_methods: list[str] = ["esd", "loss-max"]
+    # How closeness is measured (erasure/anchors.py): the model's guidance directions, or the text encoder.
+    similarity: Literal["guidance", "text"] = "guidance"
 
 
 class GenerateParams(_Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..anchors import choose, text_embedder
+from ..anchors import choose, guidance_embedder, text_embedder
 from ..config import PipelineParams
 from ..io import atomic_dir
 from . import inputs
@@ -14,18 +14,13 @@ def run(params: PipelineParams) -> dict:
     entries = inputs.entries(params)
     embed = None
 
-    def lazy_embed(texts):  # the text encoder loads only when a choice needs it
+    def lazy_embed(texts):  # the model loads only when a choice needs it
         nonlocal embed
         if embed is None:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            from ..models import source_folder
-
-            folder = source_folder(params.model)
-            embed = text_embedder(CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                                  CLIPTextModel.from_pretrained(folder / "text_encoder"))
+            embed = _embedder(params)
         return embed(texts)
 
+    lazy_embed.kind = {"guidance": "guidance-direction", "text": "text-encoder"}[params.anchors.similarity]
     chosen = {}
     for e in entries:
         c = choose(e["concept"], e["kind"], inputs.method_for(params, e), anchor=e.get("anchor"),
@@ -35,3 +30,17 @@ def run(params: PipelineParams) -> dict:
     with atomic_dir(params.paths.stage("anchors")) as tmp:
         (tmp / "anchors.json").write_text(json.dumps({"anchors": chosen}, indent=1, sort_keys=True))
     return {c: a["anchor"] for c, a in chosen.items()}
+
+
+def _embedder(params: PipelineParams):
+    if params.anchors.similarity == "guidance":
+        from ..models import load_pipeline
+
+        return guidance_embedder(load_pipeline(params.model))
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from ..models import source_folder
+
+    folder = source_folder(params.model)
+    return text_embedder(CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                         CLIPTextModel.from_pretrained(folder / "text_encoder"))
