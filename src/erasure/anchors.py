@@ -6,11 +6,11 @@ concept's kind closest to the concept, never the target itself or one of its par
 of two similarities (`anchors.similarity` in params.yaml):
 - `guidance` (default): the cosine of the model's guidance directions eps(x_t, "an image of <text>")
   - eps(x_t, "") over fixed latents and timesteps, i.e. what naming the text makes the UNet draw.
-  On the miniworld it picks each named instance's own class, before and after the model's implicit
-  refinement.
+  On the miniworld it picks each named instance's own class, on the shipped model and on the one
+  refined by the `implicit` training phase.
 - `text`: the cosine of the text encoder's pooled output for "an image of <text>" (no UNet calls;
-  suits CLIP text encoders). The miniworld's small causal encoder does not place instances by
-  their class: on the refined model it puts Bobo and Zuzu nearest 'moon'.
+  suits CLIP text encoders). The miniworld's small causal encoder does not reliably place instances
+  by their class: after the `implicit` refinement it put Bobo and Zuzu nearest 'moon'.
 """
 
 from __future__ import annotations
