@@ -35,7 +35,6 @@ from erasure.pipeline import inputs  # noqa: E402
 from erasure.pipeline import release as release_stage  # noqa: E402
 
 
-
 def _transient(task, task_run, state) -> bool:
     """Retry unless the task failed on bad input: a malformed blocklist or a missing model fails the
     same way every time, and the user should see its one error at once."""
