@@ -34,9 +34,23 @@ from erasure.pipeline import ingest as ingest_stage  # noqa: E402
 from erasure.pipeline import inputs  # noqa: E402
 from erasure.pipeline import release as release_stage  # noqa: E402
 
+
+def _transient(task, task_run, state) -> bool:
+    """Retry unless the task failed on bad input: a malformed blocklist or a missing model fails the
+    same way every time, and the user should see its one error at once."""
+    from pydantic import ValidationError
+
+    from erasure.blocklist import BlocklistError
+    from erasure.concept import ConceptError
+    from erasure.models import ModelLoadError
+
+    return not isinstance(state.result(raise_on_failure=False), (BlocklistError, ConceptError, ModelLoadError,
+                                                                  ValidationError))
+
+
 # Inputs are params objects and pipelines, not hashable data: nothing is cached by Prefect (the
 # pipeline's own caches decide what is redone). Retries cover transient failures (disk, a busy DB).
-TASK = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+TASK = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
 
 
 @task(**TASK)

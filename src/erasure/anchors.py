@@ -6,11 +6,11 @@ concept's kind closest to the concept, never the target itself or one of its par
 of two similarities (`anchors.similarity` in params.yaml):
 - `guidance` (default): the cosine of the model's guidance directions eps(x_t, "an image of <text>")
   - eps(x_t, "") over fixed latents and timesteps, i.e. what naming the text makes the UNet draw.
-  On the miniworld it picks each named instance's own class, before and after the model's implicit
-  refinement.
+  On the miniworld it picks each named instance's own class, on the shipped model and on the one
+  refined by the `implicit` training phase.
 - `text`: the cosine of the text encoder's pooled output for "an image of <text>" (no UNet calls;
-  suits CLIP text encoders). The miniworld's small causal encoder does not place instances by
-  their class: on the refined model it puts Bobo and Zuzu nearest 'moon'.
+  suits CLIP text encoders). The miniworld's small causal encoder does not reliably place instances
+  by their class: after the `implicit` refinement it put Bobo and Zuzu nearest 'moon'.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch
 from .concept import ConceptError
 
 TEMPLATE = "an image of {}"
+# `anchors.similarity` -> how an AnchorChoice's reason names it (each embedder's `kind`).
+SIMILARITY_NAMES = {"guidance": "guidance-direction", "text": "text-encoder"}
 
 
 @dataclass
@@ -73,7 +75,7 @@ def text_embedder(tokenizer, text_encoder):
         pooled = text_encoder(ids.to(text_encoder.device)).pooler_output.float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
-    embed.kind = "text-encoder"
+    embed.kind = SIMILARITY_NAMES["text"]
     return embed
 
 
@@ -92,19 +94,23 @@ def guidance_embedder(pipe, seed: int = 0):
     latents = torch.randn(GUIDANCE_SAMPLES, unet.config.in_channels, size, size,
                           generator=torch.Generator().manual_seed(seed)).to(unet.device, unet.dtype)
     last = pipe.scheduler.config.num_train_timesteps - 1
+    steps = [torch.full((GUIDANCE_SAMPLES,), min(t, last), device=unet.device) for t in GUIDANCE_TIMESTEPS]
 
     @torch.no_grad()
-    def embed(texts: list[str]) -> torch.Tensor:
-        ids = tokenizer([*texts, ""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+    def eps_of(texts: list[str]) -> list[list[torch.Tensor]]:  # [text][timestep] -> eps, flattened
+        ids = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
                         return_tensors="pt").input_ids
         states = text_encoder(ids.to(text_encoder.device))[0].to(unet.dtype)
-        directions = []
-        for t in GUIDANCE_TIMESTEPS:
-            step = torch.full((GUIDANCE_SAMPLES,), min(t, last), device=unet.device)
-            eps = [unet(latents, step, encoder_hidden_states=s.expand(GUIDANCE_SAMPLES, -1, -1)).sample.float()
-                   for s in states.unsqueeze(1)]
-            directions.append(torch.stack([(e - eps[-1]).flatten() for e in eps[:-1]]))
-        return torch.nn.functional.normalize(torch.cat(directions, dim=1), dim=-1).cpu()
+        return [[unet(latents, step, encoder_hidden_states=s.expand(GUIDANCE_SAMPLES, -1, -1)).sample.float().flatten()
+                 for step in steps] for s in states.unsqueeze(1)]
 
-    embed.kind = "guidance-direction"
+    unconditional = []  # computed once, on the first call
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        if not unconditional:
+            unconditional.extend(eps_of([""])[0])
+        directions = [torch.cat([e - u for e, u in zip(per_t, unconditional)]) for per_t in eps_of(texts)]
+        return torch.nn.functional.normalize(torch.stack(directions), dim=-1).cpu()
+
+    embed.kind = SIMILARITY_NAMES["guidance"]
     return embed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..anchors import choose, guidance_embedder, text_embedder
+from ..anchors import SIMILARITY_NAMES, choose, guidance_embedder, text_embedder
 from ..config import PipelineParams
 from ..io import atomic_dir
 from . import inputs
@@ -20,7 +20,7 @@ def run(params: PipelineParams) -> dict:
             embed = _embedder(params)
         return embed(texts)
 
-    lazy_embed.kind = {"guidance": "guidance-direction", "text": "text-encoder"}[params.anchors.similarity]
+    lazy_embed.kind = SIMILARITY_NAMES[params.anchors.similarity]
     chosen = {}
     for e in entries:
         c = choose(e["concept"], e["kind"], inputs.method_for(params, e), anchor=e.get("anchor"),
