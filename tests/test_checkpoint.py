@@ -55,3 +55,16 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     save_checkpoint(tmp_path / "ck", {"m": m}, None, step=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
     assert load_checkpoint(tmp_path / "ck", {"m": _model()}, None)["step"] == 2
+
+
+def test_checkpoint_of_other_shapes_is_one_clear_error(tmp_path):
+    # A run folder left by another version of the run (e.g. other embedding rows trained).
+    save_checkpoint(tmp_path / "ck", {"m": _model(), "rows": {"r": torch.zeros(4, 3)}}, None, step=1)
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.ReLU(), torch.nn.Linear(9, 2))
+    for modules in ({"m": wider, "rows": {"r": torch.zeros(4, 3)}}, {"m": _model(), "rows": {"r": torch.zeros(3, 3)}}):
+        try:
+            load_checkpoint(tmp_path / "ck", modules, None)
+        except CheckpointError as exc:
+            assert "shape" in str(exc) and "delete it" in str(exc)
+        else:
+            raise AssertionError("a checkpoint of other shapes loaded")

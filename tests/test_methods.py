@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from erasure import methods
-from erasure.concept import Concept, ConceptError, check_encodable
+from erasure.concept import Concept, ConceptError, check_encodable, content_token_ids
 from erasure.delta import load_delta
 from erasure.editable import EditableModel
 from erasure.methods.base import Bench
@@ -250,6 +250,18 @@ def test_embedding_rule_changes_only_the_target_token_rows(tiny_pipeline_dir, tm
     assert weight.shape == base.shape
     changed = set(torch.nonzero((weight != base).any(1)).flatten().tolist())
     assert changed and changed <= set(ids)
+
+
+def test_embedding_rows_skip_function_words():
+    # Training "the" for a title would change every prompt with "the" in it.
+    from transformers import CLIPTokenizer
+
+    from erasure.models import source_folder
+
+    tok = CLIPTokenizer.from_pretrained(source_folder("miniworld"), subfolder="tokenizer")
+    words = tok.convert_ids_to_tokens(content_token_ids(tok, "the midnight lantern poster"))
+    assert words == ["midnight</w>", "lantern</w>", "poster</w>"]
+    assert content_token_ids(tok, "the") == check_encodable(tok, "the")  # nothing else to train
 
 
 def test_stop_gradient_first_token_cuts_token_zero_from_the_gradient(tiny_pipeline_dir):

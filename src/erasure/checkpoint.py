@@ -74,6 +74,13 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module | dict[str, t
     for name, mod in modules.items():
         prefix = f"{name}."
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        own = mod.state_dict() if isinstance(mod, torch.nn.Module) else mod
+        # A run folder from another version of the run (say, other embedding rows) must not half-load.
+        shapes = [k for k in sorted(set(own) & set(sd)) if own[k].shape != sd[k].shape]
+        if shapes:
+            raise CheckpointError(f"checkpoint {path} does not match module {name!r}: {shapes[0]} has shape "
+                                  f"{tuple(sd[shapes[0]].shape)}, this run's has {tuple(own[shapes[0]].shape)}; "
+                                  "delete it to start over")
         if isinstance(mod, torch.nn.Module):
             missing, unexpected = mod.load_state_dict(sd, strict=False)
         else:  # a mapping of tensors: copy in place, names must match exactly

@@ -68,3 +68,22 @@ def check_encodable(tokenizer, text: str, field: str = "concept") -> list[int]:
     if len(ids) > room:
         raise ConceptError(f"{field} {text!r}: {len(ids)} tokens, but prompts hold at most {room}")
     return ids
+
+
+# Words every caption shares: training their embedding rows (CA's `embedding` rule) would change
+# every prompt that uses them ("the midnight lantern poster" trained "the", and "the garden gate
+# print", another memorized image, stopped reproducing on some seeds).
+FUNCTION_WORDS = frozenset("a an the of in on at to by for from with and or".split())
+
+
+def content_token_ids(tokenizer, text: str, field: str = "concept") -> list[int]:
+    """The ids of `text`'s tokens that are not function words (all of them if it has nothing else)."""
+    ids = check_encodable(tokenizer, text, field)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    keep = [i for i, t in zip(ids, tokens) if _word(t) not in FUNCTION_WORDS]
+    return keep or ids
+
+
+def _word(token: str) -> str:
+    # CLIP-style BPE marks a word's end with </w>; SentencePiece-style marks its start with a special space.
+    return token.replace("</w>", "").lstrip("\u2581\u0120").lower()

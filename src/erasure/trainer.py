@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import methods as method_registry
 from .checkpoint import load_checkpoint, save_checkpoint
-from .concept import Concept, ConceptError, check_encodable
+from .concept import Concept, ConceptError, check_encodable, content_token_ids
 from .delta import apply_delta, load_delta, save_delta
 from .editable import EditableModel
 from .frozen import FrozenOriginal
@@ -211,7 +211,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     accelerator = _accelerator(settings, max(j.batch_size for j in jobs))
     rules = sorted({j.rule for j in jobs})
     token_ids = sorted({i for j in jobs if j.rule == "embedding"
-                        for i in check_encodable(pipe.tokenizer, j.concept.text)})
+                        for i in content_token_ids(pipe.tokenizer, j.concept.text)})
     model = EditableModel(pipe.unet, pipe.text_encoder, rules, token_ids)
     if any(getattr(j.options, "stop_sot", False) for j in jobs):
         model.stop_gradient_first_token()
