@@ -331,7 +331,7 @@ def report(records: list[dict], sd: dict | None, n: int, model: str) -> str:
                   f"text encoder {sd['text_params'] / 1e6:.1f}M parameters = {sd['model_mb']:.0f} MB. Process peak "
                   f"resident memory (VmHWM) {sd['peak_rss_mb']:.0f} MB, of which {sd['rss_before_models_mb']:.0f} MB "
                   f"(VmRSS) before the models existed "
-                  f"(Python, torch, diffusers). Ratio (peak - pre-model) / model bytes = **{sd['ratio']:.2f}x** "
+                  f"(Python, torch, diffusers). Ratio (peak - pre-model) / model bytes = **{sd['ratio']:.3f}x** "
                   f"(target <= 1.3x). Trainable (attn2) {sd['trainable_params'] / 1e6:.1f}M; step {sd['seconds_step']:.1f} s."]
     return "\n".join(lines) + "\n"
 
