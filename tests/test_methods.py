@@ -31,7 +31,7 @@ def reference(tmp_path):
 
 def _bench(pipe_dir, rule: str, concept: Concept | None = None) -> Bench:
     pipe = load_pipeline(str(pipe_dir))
-    ids = check_encodable(pipe.tokenizer, concept.text) if rule == "embedding" else None
+    ids = content_token_ids(pipe.tokenizer, concept.text) if rule == "embedding" else None  # as the trainer
     return Bench(pipe, EditableModel(pipe.unet, pipe.text_encoder, [rule], ids), "tiny")
 
 

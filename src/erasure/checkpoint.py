@@ -75,23 +75,23 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module | dict[str, t
         prefix = f"{name}."
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         own = mod.state_dict() if isinstance(mod, torch.nn.Module) else mod
-        # A run folder from another version of the run (say, other embedding rows) must not half-load.
-        shapes = [k for k in sorted(set(own) & set(sd)) if own[k].shape != sd[k].shape]
+        # Checked before anything is copied: a run folder from another version of the run (say, other
+        # embedding rows) must not half-load.
+        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path} does not match module {name!r}: "
+                                  f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        shapes = [k for k in sorted(sd) if own[k].shape != sd[k].shape]
         if shapes:
             raise CheckpointError(f"checkpoint {path} does not match module {name!r}: {shapes[0]} has shape "
                                   f"{tuple(sd[shapes[0]].shape)}, this run's has {tuple(own[shapes[0]].shape)}; "
                                   "delete it to start over")
         if isinstance(mod, torch.nn.Module):
-            missing, unexpected = mod.load_state_dict(sd, strict=False)
-        else:  # a mapping of tensors: copy in place, names must match exactly
-            missing, unexpected = sorted(set(mod) - set(sd)), sorted(set(sd) - set(mod))
-            if not missing and not unexpected:
-                with torch.no_grad():
-                    for k, v in sd.items():
-                        mod[k].copy_(v)
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {path} does not match module {name!r}: "
-                                  f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+            mod.load_state_dict(sd)
+        else:
+            with torch.no_grad():
+                for k, v in sd.items():
+                    mod[k].copy_(v)
     if optimizer is not None and "optimizer" in meta:
         opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
         optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
