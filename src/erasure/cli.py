@@ -205,9 +205,9 @@ def erase(
         if base:
             err.print(f"miniworld recipe for {method} / {kind.value}: {json.dumps(base)} (options given win)",
                       highlight=False, soft_wrap=True)
-    settings = _guard(EraseSettings, **{**base, **given}, method=method,
-                      options={**base.get("options", {}), **method_options}, mode=mode.value, seed=seed,
-                      checkpoint_every=checkpoint_every)
+    fields = {**base, **given, "method": method, "options": {**base.get("options", {}), **method_options},
+              "mode": mode.value, "seed": seed, "checkpoint_every": checkpoint_every}
+    settings = _guard(EraseSettings, **fields)
     jobs = _guard(plan, built, settings)
     pipe = _guard(load_pipeline, model)
     base_hash = weights_hash(folder)
