@@ -91,9 +91,9 @@ def test_register_release_moves_the_alias_to_the_new_version(tracked, tmp_path):
     run_id = log_pipeline(params, _metrics(), evaluate_dir, None, None)
     first = register_release(params, _release_folder(tmp_path / "r1", "1" * 64), run_id)
     second = register_release(params, _release_folder(tmp_path / "r2", "2" * 64), run_id)
-    assert first["name"] == second["name"] == "erasure-release" and second["alias"] == "production"
+    assert first["name"] == second["name"] == "miniworld-erased" and second["alias"] == "production"
     assert (first["version"], second["version"]) == ("1", "2")
-    v = client.get_model_version_by_alias("erasure-release", "production")
+    v = client.get_model_version_by_alias("miniworld-erased", "production")
     assert str(v.version) == "2" and v.run_id == run_id and v.tags["release_hash"] == "2" * 64
     assert v.source == (tmp_path / "r2").resolve().as_uri()
     assert {a.path for a in client.list_artifacts(run_id, "release")} == {
