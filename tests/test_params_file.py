@@ -266,3 +266,28 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
     with pytest.raises(ParamsError) as exc:
         load_params(MALFORMED / "several-problems.yaml")
     assert len(exc.value.lines) == 4 and str(exc.value) == "\n".join(exc.value.lines)
+
+
+@pytest.mark.parametrize("text, argv, message", [
+    ("schedule: {timezone: Mars/Olympus}\n", [], "p.yaml: schedule.timezone: expected an IANA time zone"),
+    ("schedule: {cron: '0 2 * *'}\n", [], "p.yaml: schedule.cron: expected a cron expression"),
+    # cronsim reads "5L"; Prefect does not: deploy asks Prefect too, before serving.
+    ("schedule: {cron: '0 0 * * 5L'}\n", [], "p.yaml: schedule.cron: Invalid cron string: \"0 0 * * 5L\""),
+    ("{}\n", ["--cron", "every night"], "--cron: Invalid cron string: \"every night\""),
+])
+def test_deploy_refuses_a_bad_schedule_before_serving(text, argv, message, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy_under_test", ROOT / "flows" / "deploy.py")
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    monkeypatch.setattr(deploy.release_flow, "serve", lambda *a, **k: pytest.fail("served a bad schedule"))
+    (tmp_path / "p.yaml").write_text(text)
+    (tmp_path / "blocklists").mkdir()
+    shutil.copy(ROOT / "blocklists" / "default.yaml", tmp_path / "blocklists" / "default.yaml")  # the default path
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["deploy.py", "--params", "p.yaml", *argv])
+    with pytest.raises(SystemExit) as exc:
+        deploy.main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
