@@ -350,6 +350,7 @@ def miniworld_train(
     diffusion_steps: Optional[int] = None,
     decoder_steps: Optional[int] = None,
     implicit_steps: Optional[int] = None,
+    dataset_size: Annotated[Optional[int], typer.Option(min=1, help="World images rendered by the data phase.")] = None,
     base: Annotated[Optional[Path], typer.Option(
         help="Exported pipeline the implicit phases refine (default: the shipped one).")] = None,
     threads: int = 2,
@@ -362,7 +363,7 @@ def miniworld_train(
 
     cfg = TrainConfig(workdir=workdir, threads=threads)
     for name, value in (("vae_steps", vae_steps), ("diffusion_steps", diffusion_steps), ("decoder_steps", decoder_steps),
-                        ("implicit_steps", implicit_steps)):
+                        ("implicit_steps", implicit_steps), ("dataset_size", dataset_size)):
         if value is not None:
             setattr(cfg, name, value)
     if phase in ("implicit", "export-implicit") and base is not None and not (base / "model_index.json").is_file():
@@ -388,8 +389,9 @@ def miniworld_train_detector(
     steps: int = 2500,
     out_path: Annotated[Optional[Path], typer.Option("--out")] = None,
     threads: int = 2,
+    measure_images: Annotated[int, typer.Option(min=1, help="Fresh images the accuracy is measured on.")] = 2000,
 ):
-    """Train the miniworld concept detector and print its accuracy on 2,000 fresh images."""
+    """Train the miniworld concept detector and print its accuracy on fresh images (2,000 by default)."""
     import torch
 
     from .detectors import miniworld_train as mt
@@ -397,7 +399,7 @@ def miniworld_train_detector(
 
     torch.set_num_threads(threads)
     net = mt.train(out_path or WEIGHTS, steps=steps)
-    print(json.dumps(mt.measure(net), indent=1))
+    print(json.dumps(mt.measure(net, count=measure_images), indent=1))
 
 
 release_app = typer.Typer(help="Published releases of the pipeline.", no_args_is_help=True)
