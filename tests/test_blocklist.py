@@ -126,6 +126,15 @@ EXPECTED = {
                            "a date; quote it to keep it as text)",
     "concept-no-is-false.yaml": "concept: expected text, got bool False (unquoted, YAML reads it as true/false",
     "concept-a-mapping.yaml": "concept: expected text, got dict {'name': 'Pip', 'also': 'Bobo'}",
+    "concept-huge-hex-int.yaml": "concept: expected text, got int <an integer of 20,000 bits> (unquoted, YAML reads it "
+                                 "as a number",
+    # Values a type's constructor cannot read (PyYAML lets a Python error through).
+    "concept-invalid-date.yaml": "line 2: '2024-13-45' cannot be read as !!timestamp (month must be in 1..12); quote "
+                                 "it to keep it as text",
+    "int-tag-not-a-number.yaml": "line 1: 'one' cannot be read as !!int (invalid literal for int() with base 10",
+    "csv-unbalanced-quote.csv": "header: expected the columns concept,kind (and optional anchor,alternative,method,"
+                                "reference_images,eval_prompts,paraphrases), got concept,kind\\nPip,instance (missing "
+                                "concept, kind)",
 }
 
 
@@ -146,6 +155,18 @@ GENERATED = {
                                   "paraphrases: expected visible text, got U+001B ESCAPE at position 5 in item 10000"),
     "huge-paraphrase-mapping.yaml": (_ENTRY + "    paraphrases:\n" + "".join(f"      p{i}: x\n" for i in range(10_000)),
                                      "paraphrases: expected a list of texts, got dict {'p0': 'x', 'p1': 'x', "),
+    "huge-kind.yaml": ("concepts:\n  - concept: Vasquez\n    kind: " + "x" * 100_000 + "\n",
+                       f"entry 1 (Vasquez): kind: expected one of {KINDS}, got 'xxxxxxxxxxxxxxxx"),
+    "huge-reference-path.yaml": ("concepts:\n  - concept: the midnight lantern poster\n    kind: memorized\n"
+                                 "    reference_images: [" + "a" * 100_000 + ".png]\n",
+                                 "reference_images: expected an existing image file, got 'aaaaaaaaaaaaaaa"),
+    "csv-huge-cell.csv": ("concept,kind\n" + "Vasquez" * 20_000 + ",style\n",
+                          "line 2: not valid CSV: field larger than field limit (131072)"),
+    # Thousands of problems: the first 50 are listed, then how many more.
+    "many-problems.yaml": ("concepts:\n" + "".join(f"  - {{concept: c{i}, kind: painter}}\n" for i in range(3000)),
+                           tuple(f"entry {i} (c{i - 1}): kind: expected one of {KINDS}, got 'painter'"
+                                 for i in range(1, 51)) + ("... and 2,950 more problems (the first 50 are listed "
+                                                           "above)",)),
     # An explicit key (`? `): PyYAML refuses a plain key longer than 1024 characters.
     "huge-field-name.yaml": (_ENTRY + "    ? " + "k" * 100_000 + "\n    : x\n",
                              "entry 1 (Vasquez): kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...: unknown field 'kkkkk"),
@@ -172,7 +193,7 @@ def tokenizer():
 
 def test_every_malformed_file_is_in_the_table():
     files = {p.name for p in MALFORMED.iterdir()}
-    assert files - HELPERS == set(EXPECTED) and len(EXPECTED) >= 74
+    assert files - HELPERS == set(EXPECTED) and len(EXPECTED) >= 78
     assert not files & set(GENERATED)
 
 
@@ -192,7 +213,7 @@ def test_malformed_blocklist_gives_its_error_and_writes_nothing(name, tmp_path):
     # One problem per line, each naming the file; a huge value is previewed, never shown whole.
     lines = message.splitlines()
     assert all(line.startswith(f"{path}: ") for line in lines)
-    assert len(lines) == len(_expected(name)) and len(message) < 2000
+    assert len(lines) == len(_expected(name)) and len(message) < (10_000 if name == "many-problems.yaml" else 2000)
     assert all(line.isprintable() for line in lines)  # an invisible character is named, not printed
     written = {p.name for p in tmp_path.iterdir()} - {"input"}
     assert written == {"params.yaml"}

@@ -169,7 +169,7 @@ def load_blocklist(path: Path | str, tokenizer=None) -> Blocklist:
     if not path.is_file():
         raise BlocklistError(f"{path}: no such blocklist file")
     if path.suffix.lower() not in SUFFIXES:
-        raise BlocklistError(f"{path}: unsupported file type {path.suffix!r}; expected {', '.join(SUFFIXES)}")
+        raise BlocklistError(f"{path}: unsupported file type {preview(path.suffix)}; expected {', '.join(SUFFIXES)}")
     text = _read_text(path)
     raw, problems = _read_csv(path, text) if path.suffix.lower() == ".csv" else _read_yaml(path, text)
 
@@ -189,13 +189,23 @@ def load_blocklist(path: Path | str, tokenizer=None) -> Blocklist:
         j, kept = first[key]
         differ = [f for f in FIELDS if f != "concept" and getattr(entry, f) != getattr(kept, f)]
         if not differ:
-            notes.append(f"entry {i} ({entry.concept}) repeats entry {j} ({kept.concept}): merged")
+            notes.append(f"entry {i} ({_label(entry.concept)}) repeats entry {j} ({_label(kept.concept)}): merged")
         else:
-            problems.append(f"{path}: entry {i} ({entry.concept}): concept: expected each concept once, got it again "
-                            f"with different {', '.join(differ)} (first at entry {j})")
+            problems.append(f"{path}: entry {i} ({_label(entry.concept)}): concept: expected each concept once, got it "
+                            f"again with different {', '.join(differ)} (first at entry {j})")
     if problems:
-        raise BlocklistError("\n".join(problems))
+        raise BlocklistError("\n".join(_at_most(path, problems)))
     return Blocklist(entries=tuple(entries), source=str(path), notes=tuple(notes))
+
+
+MAX_PROBLEMS = 50  # listed in one message; a file with thousands of bad rows is named, not printed whole
+
+
+def _at_most(path: Path, problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return problems[:MAX_PROBLEMS] + [f"{path}: ... and {len(problems) - MAX_PROBLEMS:,} more problems (the first "
+                                      f"{MAX_PROBLEMS} are listed above)"]
 
 
 def _read_text(path: Path) -> str:
@@ -242,7 +252,11 @@ def _read_yaml(path: Path, text: str) -> tuple[list, list[str]]:
 
 def _read_csv(path: Path, text: str) -> tuple[list, list[str]]:
     """The raw entries (one per row), and the problems of the header and the rows' shape."""
-    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in r)]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [r for r in reader if any(cell.strip() for cell in r)]
+    except csv.Error as exc:  # e.g. a cell over the csv module's limit of 131,072 characters
+        raise BlocklistError(f"{path}: line {reader.line_num}: not valid CSV: {exc}") from None
     if not rows:  # only separators and blanks
         raise BlocklistError(f"{path}: the file is empty; expected a header row (concept,kind,...) and one row "
                              "per concept")
@@ -250,14 +264,15 @@ def _read_csv(path: Path, text: str) -> tuple[list, list[str]]:
     missing = [c for c in ("concept", "kind") if c not in header]
     if missing:
         raise BlocklistError(f"{path}: header: expected the columns concept,kind (and optional "
-                             f"{','.join(FIELDS[2:])}), got {','.join(header)} (missing {', '.join(missing)})")
+                             f"{','.join(FIELDS[2:])}), got {_label(','.join(header), 200)} (missing "
+                             f"{', '.join(missing)})")
     if len(rows) == 1:
         raise BlocklistError(f"{path}: expected one row per concept after the header, got none")
     problems = [f"{path}: header: {_unknown(h, FIELDS, 'column')}" for h in header if h not in FIELDS]
-    problems += [f"{path}: header: expected each column once, got {h!r} {header.count(h)} times"
+    problems += [f"{path}: header: expected each column once, got {preview(h)} {header.count(h)} times"
                  for h in dict.fromkeys(header) if header.count(h) > 1]
     if problems:
-        raise BlocklistError("\n".join(problems))
+        raise BlocklistError("\n".join(_at_most(path, problems)))
     entries = []
     for i, row in enumerate(rows[1:], 1):
         if len(row) > len(header):
@@ -295,7 +310,7 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
         elif hidden_character(v):  # before normalizing, which would turn a newline or tab into a space
             errs.append(f"{at}: {k}: expected visible text, got {hidden_character(v)}")
         elif not _norm(v):
-            errs.append(f"{at}: {k}: expected non-empty text, got only whitespace {v!r}")
+            errs.append(f"{at}: {k}: expected non-empty text, got only whitespace {preview(v)}")
         else:
             values[k] = _norm(v).lower() if k in ("kind", "method") else _norm(v)
     for k in LIST_FIELDS:
@@ -320,35 +335,39 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
     # Meaning.
     text, kind = values.get("concept"), values.get("kind")
     if kind is not None and kind not in KINDS:
-        errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got {preview(kind)}")
     if "method" in values:
         from .methods import METHODS  # imports torch: only when a method is named
 
         if values["method"] not in METHODS:
-            errs.append(f"{at}: method: expected one of {', '.join(METHODS)}, got {values['method']!r}")
+            errs.append(f"{at}: method: expected one of {', '.join(METHODS)}, got {preview(values['method'])}")
     for k in ("anchor", "alternative"):
         if text and k in values and values[k].casefold() == text.casefold():
-            errs.append(f"{at}: {k}: expected a concept other than the target itself, got {values[k]!r}")
+            errs.append(f"{at}: {k}: expected a concept other than the target itself, got {preview(values[k])}")
     if "anchor" in values and values["anchor"].casefold() in {p.casefold() for p in values.get("paraphrases", ())}:
-        errs.append(f"{at}: anchor: expected a concept other than the target's paraphrases, got {values['anchor']!r} "
-                    "(listed under paraphrases)")
+        errs.append(f"{at}: anchor: expected a concept other than the target's paraphrases, got "
+                    f"{preview(values['anchor'])} (listed under paraphrases)")
     refs = values.get("reference_images", ())
     if kind == "memorized" and not item.get("reference_images"):  # (a malformed list is reported above)
         errs.append(f"{at}: reference_images: expected the image file(s) a memorized concept must stop "
                     "reproducing, got none")
     if refs and kind in KINDS and kind != "memorized":
-        errs.append(f"{at}: reference_images: expected none for kind {kind!r} (only memorized concepts have "
+        errs.append(f"{at}: reference_images: expected none for kind {preview(kind)} (only memorized concepts have "
                     f"them), got {len(refs)} file(s)")
     elif refs:
         resolved = []
         for r in refs:
             f = (path.parent / r).resolve()  # relative to the blocklist's folder
             resolved.append(str(f))
-            if not f.is_file():
-                errs.append(f"{at}: reference_images: expected an existing image file, got {r!r}, which does not exist "
-                            f"(looked for {f})")
+            try:
+                missing = "does not exist" if not f.exists() else "is not a file" if not f.is_file() else None
+            except OSError as exc:  # a name too long for the file system, ...
+                missing = f"cannot be looked up ({exc.strerror})"
+            if missing:
+                errs.append(f"{at}: reference_images: expected an existing image file, got {preview(r)}, which "
+                            f"{missing} (looked for {preview(str(f), 200)})")
             elif not _is_image(f):
-                errs.append(f"{at}: reference_images: expected a readable image, got {r!r}, which is not one")
+                errs.append(f"{at}: reference_images: expected a readable image, got {preview(r)}, which is not one")
         values["reference_images"] = tuple(resolved)
 
     if tokenizer is not None:

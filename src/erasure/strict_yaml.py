@@ -45,6 +45,21 @@ class _Loader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (StrictYamlError, yaml.YAMLError):
+            raise
+        except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as exc:
+            # A scalar its type's constructor cannot read (the date 2024-13-45, `!!int abc`, `!!bool x`, an
+            # integer of 5,000 digits): PyYAML lets the Python error through, with no line.
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            value = preview(node.value) if isinstance(node, yaml.ScalarNode) else "the value"
+            reason = ("not a value of that type" if isinstance(exc, (LookupError, AttributeError))
+                      else str(exc).split(";")[0])
+            raise StrictYamlError(f"line {node.start_mark.line + 1}: {value} cannot be read as {tag} ({reason}); "
+                                  "quote it to keep it as text") from None
+
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
@@ -115,6 +130,8 @@ def preview(value, limit: int = 60) -> str:
             return emit(close)
         if isinstance(v, (str, bytes)) and len(v) > limit:
             return emit(repr(v[:limit + 1]))
+        if isinstance(v, int) and v.bit_length() > 10_000:  # repr: slow, then refused past 4,300 digits
+            return emit(f"<an integer of {v.bit_length():,} bits>")
         return emit(repr(v))
 
     walk(value)
