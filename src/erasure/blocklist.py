@@ -307,8 +307,8 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
                 errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got nothing")
         elif not isinstance(v, str):
             errs.append(f"{at}: {k}: expected text, got {_show(v)}{_quote_hint(v)}")
-        elif hidden_character(v):  # before normalizing, which would turn a newline or tab into a space
-            errs.append(f"{at}: {k}: expected visible text, got {hidden_character(v)}")
+        elif hidden := hidden_character(v):  # before normalizing, which would turn a newline or tab into a space
+            errs.append(f"{at}: {k}: expected visible text, got {hidden}")
         elif not _norm(v):
             errs.append(f"{at}: {k}: expected non-empty text, got only whitespace {preview(v)}")
         else:
