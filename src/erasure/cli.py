@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .concept import KINDS
@@ -31,7 +32,8 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'miniworld', a loc
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message quotes the user's text, which is not markup (`-c "[/]"` used to crash rich)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -350,6 +352,7 @@ def miniworld_train(
     diffusion_steps: Optional[int] = None,
     decoder_steps: Optional[int] = None,
     implicit_steps: Optional[int] = None,
+    dataset_size: Annotated[Optional[int], typer.Option(min=1, help="World images rendered by the data phase.")] = None,
     base: Annotated[Optional[Path], typer.Option(
         help="Exported pipeline the implicit phases refine (default: the shipped one).")] = None,
     threads: int = 2,
@@ -362,7 +365,7 @@ def miniworld_train(
 
     cfg = TrainConfig(workdir=workdir, threads=threads)
     for name, value in (("vae_steps", vae_steps), ("diffusion_steps", diffusion_steps), ("decoder_steps", decoder_steps),
-                        ("implicit_steps", implicit_steps)):
+                        ("implicit_steps", implicit_steps), ("dataset_size", dataset_size)):
         if value is not None:
             setattr(cfg, name, value)
     if phase in ("implicit", "export-implicit") and base is not None and not (base / "model_index.json").is_file():
@@ -388,8 +391,9 @@ def miniworld_train_detector(
     steps: int = 2500,
     out_path: Annotated[Optional[Path], typer.Option("--out")] = None,
     threads: int = 2,
+    measure_images: Annotated[int, typer.Option(min=1, help="Fresh images the accuracy is measured on.")] = 2000,
 ):
-    """Train the miniworld concept detector and print its accuracy on 2,000 fresh images."""
+    """Train the miniworld concept detector and print its accuracy on fresh images (2,000 by default)."""
     import torch
 
     from .detectors import miniworld_train as mt
@@ -397,7 +401,7 @@ def miniworld_train_detector(
 
     torch.set_num_threads(threads)
     net = mt.train(out_path or WEIGHTS, steps=steps)
-    print(json.dumps(mt.measure(net), indent=1))
+    print(json.dumps(mt.measure(net, count=measure_images), indent=1))
 
 
 release_app = typer.Typer(help="Published releases of the pipeline.", no_args_is_help=True)

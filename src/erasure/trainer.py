@@ -141,7 +141,9 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         batch = d.batch_size if settings.batch_size is None else settings.batch_size
         jobs.append(Job(concept, name, rule, options, steps, d.lr if settings.lr is None else settings.lr, batch,
                         d.weight_decay if settings.weight_decay is None else settings.weight_decay,
-                        settings.pool_size if settings.pool_size is not None else min(steps * batch, MAX_POOL)))
+                        # A pool larger than the samples the steps draw is never used: capped (a short run
+                        # of a recipe with a large pool builds only what it trains on).
+                        min(settings.pool_size or MAX_POOL, steps * batch)))
     if base.mode == "joint":
         keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs}
         if len(keys) > 1:
