@@ -31,8 +31,6 @@ from .concept import KINDS
 from .strict_yaml import StrictYamlError, invisible, load, preview
 
 GATE_KINDS = ("default",) + KINDS
-# The EraseSettings fields a recipe may set (what trainer.plan takes per concept).
-RECIPE_FIELDS = ("rule", "steps", "lr", "batch_size", "weight_decay", "pool_size", "options")
 
 
 def _error(message: str) -> PydanticCustomError:
@@ -170,8 +168,9 @@ def _check_recipes(recipes: dict[str, Any]) -> list[dict]:
     EraseSettings' fields and ranges, its options the method's own Options schema."""
     from .methods import METHODS
     from .params import RULES
-    from .trainer import EraseSettings
+    from .trainer import PER_CONCEPT, EraseSettings
 
+    fields = PER_CONCEPT + ("options",)  # what trainer.plan takes per concept
     out = []
 
     def fail(loc: tuple, message: str) -> None:
@@ -188,12 +187,12 @@ def _check_recipes(recipes: dict[str, Any]) -> list[dict]:
         if kind not in KINDS:
             fail((key,), _one_of(kind, KINDS, "kind"))
         if not isinstance(recipe, dict):
-            fail((key,), f"expected a mapping of {', '.join(RECIPE_FIELDS)}, got {preview(recipe)}")
+            fail((key,), f"expected a mapping of {', '.join(fields)}, got {preview(recipe)}")
             continue
         for name in recipe:
-            if name not in RECIPE_FIELDS:
-                fail((key, name), _one_of(str(name), RECIPE_FIELDS, "field"))
-        settings = {k: v for k, v in recipe.items() if k in RECIPE_FIELDS and k != "options"}
+            if name not in fields:
+                fail((key, name), _one_of(str(name), fields, "field"))
+        settings = {k: v for k, v in recipe.items() if k in PER_CONCEPT}
         try:
             EraseSettings.model_validate(settings, strict=True)
         except ValidationError as exc:

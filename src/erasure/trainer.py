@@ -38,6 +38,8 @@ from .io import atomic_file, save_safetensors
 from .methods.base import Bench, Options, Pool
 from .params import RULES, UNET_RULES, select_unet
 
+# The EraseSettings fields one concept may set for itself (a params.yaml recipe), besides `options`.
+PER_CONCEPT = ("rule", "steps", "lr", "batch_size", "weight_decay", "pool_size")
 MAX_POOL = 512  # pool samples per concept by default (steps x batch when smaller)
 
 
@@ -121,10 +123,10 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         name = (methods[i] if methods else None) or base.method
         own = dict(overrides[i]) if overrides else {}
         extra = own.pop("options", {})
-        unknown = set(own) - {"rule", "steps", "lr", "batch_size", "weight_decay", "pool_size"}
+        unknown = set(own) - set(PER_CONCEPT)
         if unknown:
             raise ValueError(f"settings for concept {concept.text!r}: unknown field(s) {', '.join(sorted(unknown))}; "
-                             "expected rule, steps, lr, batch_size, weight_decay, pool_size, options")
+                             f"expected {', '.join(PER_CONCEPT)}, options")
         settings = EraseSettings(**{**base.model_dump(), **own})
         method = method_registry.get(name)
         try:
