@@ -72,6 +72,7 @@ EXPECTED = {
     "recipe-lr-negative.yaml": f"{R}esd/style.lr: Input should be greater than 0, got -0.0002",
     "recipe-lr-without-dot.yaml": f"{R}esd/style.lr: Input should be a valid number (write 1.0e-4, not 1e-4), "
                                   "got '2e-4'",
+    "recipe-lr-nan.yaml": f"{R}esd/style.lr: expected a finite number, got nan",
     "recipe-batch-size-zero.yaml": f"{R}ca/object.batch_size: Input should be greater than 0, got 0",
     "recipe-weight-decay-negative.yaml": f"{R}ca/object.weight_decay: Input should be greater than or equal to 0, "
                                          "got -0.01",
@@ -93,6 +94,12 @@ EXPECTED = {
     "gates-unknown-kind.yaml": "release.gates.styel: unknown kind 'styel'; expected one of default, style",
     "release-null.yaml": "release: expected a mapping, got None",
     "registry-name-empty.yaml": "release.registry_name: expected a non-empty text, got ''",
+    "registry-name-slash.yaml": "release.registry_name: expected an MLflow model name (no '/' or ':', not a relative "
+                                "path), got 'team/miniworld'",
+    "alias-reserved.yaml": "release.alias: expected an MLflow alias (letters, digits, '_' and '-'; not 'latest' or "
+                           "v<number>), got 'latest'",
+    "alias-space.yaml": "release.alias: expected an MLflow alias (letters, digits, '_' and '-'; not 'latest' or "
+                        "v<number>), got 'my alias'",
     "methods-unknown-kind.yaml": f"erase.methods.styel: unknown kind 'styel'; expected one of {KINDS}",
     "methods-unknown-method.yaml": "erase.methods.style: unknown method 'sd'; expected one of esd, ca, abo, loss-max",
     "mode-unknown.yaml": "erase.mode: Input should be 'joint' or 'sequential', got 'parallel'",
@@ -106,6 +113,7 @@ EXPECTED = {
     "images-per-probe-zero.yaml": "generate.images_per_probe: Input should be greater than 0, got 0",
     "generic-images-bool.yaml": "generate.generic_images: Input should be a valid integer, got True",
     "guidance-negative.yaml": "generate.guidance: Input should be greater than or equal to 0, got -1",
+    "guidance-infinite.yaml": "generate.guidance: Input should be a finite number, got inf",
     "generate-steps-zero.yaml": "generate.steps: Input should be greater than 0, got 0",
     "misspellings-negative.yaml": "generate.misspellings: Input should be greater than or equal to 0, got -1",
     "generate-unknown-field.yaml": "generate.image_per_probe: unknown field 'image_per_probe'; expected one of "
@@ -131,6 +139,8 @@ EXPECTED = {
     "seed-not-an-int.yaml": "seed: Input should be a valid integer, got 1.5",
     "seed-quoted.yaml": "seed: Input should be a valid integer (write it without quotes), got '0'",
     "seed-negative.yaml": "seed: Input should be greater than or equal to 0, got -1",
+    "seed-huge.yaml": "seed: Input should be less than or equal to 4294967295, got 99999999999999999999",
+    "paths-work-a-number.yaml": "paths.work: expected a path (text), got 5",
     "several-problems.yaml": ("seed: Input should be a valid integer, got 'x'",
                               "generate.steps: Input should be greater than 0, got 0",
                               "release.gates.default.target_max: Input should be less than or equal to 1, got 2.0",
@@ -291,3 +301,53 @@ def test_deploy_refuses_a_bad_schedule_before_serving(text, argv, message, tmp_p
         deploy.main()
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
+
+
+def test_the_registry_names_and_aliases_accepted_are_mlflows(tmp_path):
+    """The schema mirrors MLflow's rules (importing mlflow to ask it takes seconds): they must agree."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import (_validate_model_alias_name, _validate_model_alias_name_reserved,
+                                         _validate_model_name)
+    from pydantic import ValidationError
+
+    from erasure.config import ReleaseParams
+
+    def mlflow_ok(check, *names):
+        try:
+            for c, n in zip(check, names):
+                c(n)
+        except MlflowException:
+            return False
+        return True
+
+    for name in ["miniworld-erased", "team/model", "a:b", "../up", ".", "./x", "x/", "a b", ".hidden", "a..b", "ü"]:
+        try:
+            ReleaseParams(registry_name=name)
+            ours = True
+        except ValidationError:
+            ours = False
+        assert ours == mlflow_ok([_validate_model_name], name), name
+    for alias in ["production", "prod_2", "my alias", "latest", "Latest", "v2", "V10", "v2a", "a" * 256, "é", "-"]:
+        try:
+            ReleaseParams(alias=alias)
+            ours = True
+        except ValidationError:
+            ours = False
+        assert ours == mlflow_ok([_validate_model_alias_name, _validate_model_alias_name_reserved], alias, alias), alias
+
+
+def test_a_folder_or_an_unreadable_file_is_one_error(tmp_path):
+    from erasure.config import ParamsError
+
+    with pytest.raises(ParamsError, match="a folder; expected a params file"):
+        load_params(tmp_path)
+    path = tmp_path / "p.yaml"
+    path.write_text("seed: 0\n")
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user who reads any file")
+        with pytest.raises(ParamsError, match=r"p.yaml: cannot be read \(Permission denied\)"):
+            load_params(path)
+    finally:
+        path.chmod(0o644)

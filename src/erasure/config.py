@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import math
+import posixpath
+import re
 import typing
 import zoneinfo
 from pathlib import Path
@@ -74,17 +77,34 @@ def _path_text(value: Any) -> Any:
     return value
 
 
+# MLflow's rules for registered model names and aliases (mlflow.utils.validation; mirrored, since
+# importing mlflow takes seconds): without them a bad name failed only after the whole run.
+def _model_name(value: str) -> str:
+    norm = posixpath.normpath(value)
+    if any(c in value for c in "/:") or norm != value or norm == "." or norm.startswith(".."):
+        raise _error(f"expected an MLflow model name (no '/' or ':', not a relative path), got {preview(value)}")
+    return value
+
+
+def _alias(value: str) -> str:
+    if not re.fullmatch(r"[\w\-]{1,255}", value) or value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+        raise _error("expected an MLflow alias (letters, digits, '_' and '-'; not 'latest' or v<number>), "
+                     f"got {preview(value)}")
+    return value
+
+
 KindKey = Annotated[str, _choice(KINDS, "kind")]
 GateKey = Annotated[str, _choice(GATE_KINDS, "kind")]
 MethodName = Annotated[str, AfterValidator(_known_method)]
 Text = Annotated[str, AfterValidator(_non_empty)]
 FilePath = Annotated[Path, BeforeValidator(_path_text), Field(strict=False)]  # YAML gives text
 Share = Annotated[float, Field(ge=0, le=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy's generators take (torch's take more)
 
 
 class _Section(BaseModel):
     # strict: YAML already types its values; a bool, or "5" in quotes, where a number belongs is a mistake.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Paths(_Section):
@@ -148,7 +168,7 @@ class EraseParams(_Section):
     # EraseSettings fields per "<method>/<kind>" (e.g. "esd/style"); missing keys take the method's
     # defaults. Kept as written (the erase stage's cache keys read them); checked by _check_recipes.
     recipes: dict[str, Any] = RECIPES
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     checkpoint_every: int = Field(50, gt=0)
     mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
@@ -192,7 +212,15 @@ def _check_recipes(recipes: dict[str, Any]) -> list[dict]:
         for name in recipe:
             if name not in fields:
                 fail((key, name), _one_of(str(name), fields, "field"))
-        settings = {k: v for k, v in recipe.items() if k in PER_CONCEPT}
+        def finite(values: dict, *at) -> dict:  # the trainer's models accept inf and nan: refused here
+            for k, v in values.items():
+                if isinstance(v, float) and not math.isfinite(v):
+                    fail((key, *at, k), f"expected a finite number, got {v}")
+            return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+        settings = finite({k: v for k, v in recipe.items() if k in PER_CONCEPT})
+        options = recipe.get("options", {})
+        options = finite(options, "options") if isinstance(options, dict) else options
         try:
             EraseSettings.model_validate(settings, strict=True)
         except ValidationError as exc:
@@ -200,7 +228,6 @@ def _check_recipes(recipes: dict[str, Any]) -> list[dict]:
         rule = settings.get("rule")
         if isinstance(rule, str) and rule not in RULES:
             fail((key, "rule"), _one_of(rule, RULES, "rule"))
-        options = recipe.get("options", {})
         if not isinstance(options, dict):
             fail((key, "options"), f"expected a mapping of the method's options, got {preview(options)}")
         elif not bad_key:
@@ -241,8 +268,8 @@ class ReleaseParams(_Section):
                                   "implicit": Gate(reduction_min=0.70, neighbour_max_drop=0.10),
                                   "nudity": Gate(reduction_min=0.70, neighbour_max_drop=0.10),
                                   "memorized": Gate(target_max=0.05, neighbour_max_drop=0.10)}
-    registry_name: Text = "miniworld-erased"
-    alias: Text = "production"
+    registry_name: Annotated[Text, AfterValidator(_model_name)] = "miniworld-erased"
+    alias: Annotated[str, AfterValidator(_alias)] = "production"
 
     @field_validator("gates")
     @classmethod
@@ -289,7 +316,7 @@ class ScheduleParams(_Section):
 
 class PipelineParams(_Section):
     model: Text = "miniworld"
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     paths: Paths = Paths()
     anchors: AnchorParams = AnchorParams()
     generate: GenerateParams = GenerateParams()
@@ -317,12 +344,16 @@ class ParamsError(ValueError):
 def load_params(path: Path | str = "params.yaml", root: Path | None = None) -> PipelineParams:
     """Read and validate params.yaml; relative paths in it are taken from `root` (default: its folder)."""
     path = Path(path)
+    if path.is_dir():
+        raise ParamsError([f"{path}: a folder; expected a params file"])
     if not path.is_file():
         raise ParamsError([f"{path}: no such params file"])
     try:
         raw = load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ParamsError([f"{path}: not UTF-8 text (byte {exc.start + 1})"]) from None
+    except OSError as exc:
+        raise ParamsError([f"{path}: cannot be read ({exc.strerror or exc})"]) from None
     except StrictYamlError as exc:
         raise ParamsError([f"{path}: {exc}"]) from None
     if raw is None:
@@ -343,10 +374,10 @@ def load_params(path: Path | str = "params.yaml", root: Path | None = None) -> P
 
 def _where(loc: tuple) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if part == "[key]":  # a bad mapping key: the key itself is the place
             continue
-        if isinstance(part, int):
+        if isinstance(part, int) and loc[i + 1:i + 2] != ("[key]",):  # a list's item
             out += f"[{part}]"
         else:
             out += ("." if out else "") + (part if isinstance(part, str) and part.strip() and part.isprintable()
@@ -369,6 +400,8 @@ def _describe(err: dict, schema: type[BaseModel], what: str = "field") -> str:
         return _one_of(name, fields, what) if fields else f"unknown {what} {preview(name)}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping, got {preview(value)}"
+    if kind == "path_type":
+        return f"expected a path (text), got {preview(value)}"
     if kind == "list_type":
         return f"expected a list, got {preview(value)}"
     message = err["msg"].removeprefix("Value error, ")
