@@ -138,14 +138,20 @@ def release_flow(params_path: str = "params.yaml") -> dict:
 
 
 def checked_params(path: str) -> PipelineParams:
-    """The params file validated whole (and its blocklist present) before a flow or server starts:
-    on a mistake, its lines as `error: ...` and exit code 2."""
+    """The params file validated whole (its blocklist and model present) before a flow or server
+    starts: on a mistake, its lines as `error: ...` and exit code 2."""
+    from erasure.models import ModelLoadError, source_folder
+
     try:
         params = load_params(path)
     except ParamsError as exc:
         exit_with(exc.lines)
     if not params.paths.blocklist.is_file():
         exit_with([f"{path}: paths.blocklist: no such file {params.paths.blocklist}"])
+    try:
+        source_folder(params.model)  # a folder, or a hub id's snapshot in the local cache: no download
+    except ModelLoadError as exc:
+        exit_with([f"{path}: model: {exc}"])
     return params
 
 

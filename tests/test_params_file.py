@@ -215,12 +215,19 @@ def test_the_flows_check_the_params_and_the_blocklist_before_starting(tmp_path, 
         sys.path.remove(str(ROOT / "flows"))
     with pytest.raises(SystemExit) as exc:
         checked_params(str(tmp_path / "nosuch.yaml"))
-    assert exc.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path / 'nosuch.yaml'}: no such params file\n"
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nosuch.yaml'}: no such params file\n"
     (tmp_path / "p.yaml").write_text("paths: {blocklist: missing.yaml}\n")
     with pytest.raises(SystemExit) as exc:
         checked_params(str(tmp_path / "p.yaml"))
     assert exc.value.code == 2
-    assert capsys.readouterr().err == f"error: {tmp_path / 'p.yaml'}: paths.blocklist: no such file {tmp_path / 'missing.yaml'}\n"
+    params = tmp_path / "p.yaml"
+    assert capsys.readouterr().err == f"error: {params}: paths.blocklist: no such file {tmp_path / 'missing.yaml'}\n"
+    params.write_text(f"model: {tmp_path / 'no-model'}\npaths: {{blocklist: {ROOT / 'blocklists' / 'default.yaml'}}}\n")
+    with pytest.raises(SystemExit) as exc:
+        checked_params(str(params))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {params}: model: --model '{tmp_path / 'no-model'}': no such")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]
 
 

@@ -409,7 +409,8 @@ def _describe(err: dict, schema: type[BaseModel], what: str = "field") -> str:
         message += " (YAML reads no, yes, on, off unquoted as booleans: quote it)"
     if kind in ("float_type", "int_type") and isinstance(value, str) and _number(value):
         # PyYAML reads 1e-4 (no dot) as text, as it does anything quoted.
-        message += " (write 1.0e-4, not 1e-4)" if "e" in value.lower() and "." not in value else " (write it without quotes)"
+        without_dot = "e" in value.lower() and "." not in value
+        message += " (write 1.0e-4, not 1e-4)" if without_dot else " (write it without quotes)"
     return f"{message}, got {preview(value)}"
 
 
