@@ -358,3 +358,21 @@ def test_a_folder_or_an_unreadable_file_is_one_error(tmp_path):
             load_params(path)
     finally:
         path.chmod(0o644)
+
+
+def test_an_impossible_plan_fails_at_the_anchors_stage_before_any_image(tmp_path):
+    """Joint mode over the shipped recipes (ESD at lr 2e-4, CA at 5e-4) used to fail only in the erase
+    stage, after generation; the anchors stage makes the erase stage's plan and writes nothing."""
+    from erasure.pipeline import anchors, ingest
+
+    (tmp_path / "blocklist.yaml").write_text("concepts:\n  - {concept: Vasquez, kind: style}\n"
+                                             "  - {concept: Pip, kind: instance, anchor: circle}\n")
+    (tmp_path / "params.yaml").write_text("erase: {mode: joint}\npaths: {blocklist: blocklist.yaml}\n")
+    params = load_params(tmp_path / "params.yaml")
+    ingest.run(params)
+    with pytest.raises(ValueError, match="joint mode trains every concept with one optimizer"):
+        anchors.run(params)
+    assert not params.paths.stage("anchors").exists()
+    # Sequential, the same blocklist plans (and the anchors are written).
+    params.erase.mode = "sequential"
+    assert anchors.run(params) == {"Vasquez": None, "Pip": "circle"}

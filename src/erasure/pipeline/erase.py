@@ -17,9 +17,10 @@ from ..trainer import EraseSettings, erase, plan
 from . import inputs
 
 
-def jobs_and_settings(params: PipelineParams):
+def jobs_and_settings(params: PipelineParams, anchors: dict[str, dict] | None = None):
+    """The erasure's plan (trainer.plan): from the anchors stage's output, or `anchors` given."""
     entries = inputs.entries(params)
-    anchors = inputs.anchors(params)
+    anchors = inputs.anchors(params) if anchors is None else anchors
     e = params.erase
     settings = EraseSettings(method="esd", mode=e.mode, seed=e.seed, checkpoint_every=e.checkpoint_every,
                              mixed_precision=e.mixed_precision, gradient_checkpointing=e.gradient_checkpointing,
