@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prefect.schedules import Cron  # noqa: E402
-from release_flow import exit_with, checked_params, release_flow  # noqa: E402
+from release_flow import checked_params, exit_with, release_flow  # noqa: E402
 
 
 def main() -> None:

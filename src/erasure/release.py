@@ -43,10 +43,7 @@ def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
 
 
 def _gate(params: PipelineParams, concept: str, kind: str):
-    try:
-        gate = params.gate_for(kind)
-    except ValueError:
-        gate = None
+    gate = params.gate_for(kind)
     if gate is None or all(getattr(gate, name) is None for name in GATES):
         raise ValueError(f"concept {concept!r} ({kind}): release.gates has no gate for its kind (nor a 'default'); "
                          "every concept must be gated before a release")
