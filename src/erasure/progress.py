@@ -3,7 +3,7 @@
 In a terminal: a tqdm bar, with an ETA and any postfix (the loss); bars of tasks running at once in
 threads each keep a line of their own (tqdm gives each a free position). Anywhere else (Prefect's
 log, CI, a file) a bar's carriage returns and cursor moves arrive as raw escape codes, so there
-is no bar but one plain line every ERASURE_PROGRESS_SECONDS (default 30) and one at the end:
+is no bar but one plain line every 30 seconds and one at the end:
 
     Pip: target: 48/96 img, 30 s, ETA 31 s
     erasing 2/4 Vasquez: 300/300 step in 4 min 10 s, loss 0.0213
@@ -11,7 +11,6 @@ is no bar but one plain line every ERASURE_PROGRESS_SECONDS (default 30) and one
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -41,7 +40,7 @@ class Progress:
                  file=None, interval: float | None = None):
         self.total, self.desc, self.unit, self.n, self.enabled = total, desc, unit, initial, enabled
         self.file = file if file is not None else sys.stderr
-        self.interval = float(os.environ.get("ERASURE_PROGRESS_SECONDS", INTERVAL)) if interval is None else interval
+        self.interval = INTERVAL if interval is None else interval
         self._initial, self._postfix, self._closed = initial, {}, False
         self._start = self._last = time.monotonic()
         # leave=None: a bar at position 0 stays when done; those of concurrent tasks below it are cleared.
