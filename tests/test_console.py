@@ -76,7 +76,7 @@ def test_a_failed_gate_names_its_value_bound_neighbour_and_phase():
     # phases: said plainly, not guessed.
     assert by[LONG, "neighbour_max_drop"]["phase"].startswith("unknown")
     assert by["Vasquez", "target_max"]["neighbour"] is None
-    assert by["Vasquez", "target_max"]["phase"] == "3/3 Vasquez (esd)\nits own"
+    assert by["Vasquez", "target_max"]["phase"] == "3/3, its own (esd)"
     # A neighbour named by a later concept's paraphrases is put on that later phase.
     entries = [{"concept": "Vasquez", "paraphrases": ["a print like the garden gate"]}]
     assert failed_gates(_gates(), _metrics(), SEQUENTIAL, entries)[1]["phase"] == "3/3 Vasquez (esd)\nits paraphrases"
@@ -89,7 +89,7 @@ def test_a_failed_gate_names_its_value_bound_neighbour_and_phase():
     assert "release refused: 3 gates failed" in text
     assert re.search(r"Pip +neighbour_max_drop +0\.21 +0\.10 +circle +1/3 Pip \(ca\)", text), text
     assert re.search(r"1\.00 -> 0\.79 +its anchor", text) and "1.00 -> 0.88" in text
-    assert re.search(r"Vasquez +target_max +0\.29 +0\.10 +- +3/3 Vasquez \(esd\)", text), text
+    assert re.search(r"Vasquez +target_max +0\.29 +0\.10 +- +3/3, its own \(esd\)", text), text
     # The long name stays on one line: whole, or cut with an ellipsis.
     row = next(line for line in lines if line.startswith("the midnight"))
     assert LONG in row or "…" in row.split("  ")[0]
@@ -315,5 +315,5 @@ def test_the_flow_fails_naming_the_gates_and_its_command_prints_the_table(monkey
         flow.main()
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert "release refused: 3 gates failed" in err and "3/3 Vasquez (esd)" in err
+    assert "release refused: 3 gates failed" in err and "3/3, its own (esd)" in err
     assert max(map(len, err.splitlines())) <= 100 and "\x1b" not in err

@@ -69,10 +69,12 @@ def failed_gates(gates: list[dict], metrics: dict, train: dict | None, entries: 
 
 def gate_table(rows: list[dict]) -> Table:
     """The failed gates as a table that fits WIDTH columns (names are cut with an ellipsis, never wrapped)."""
+    from .release import value_and_bound
+
     table = Table(title=f"release refused: {len(rows)} gate{'s' if len(rows) != 1 else ''} failed",
                   title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  caption="phase: the concept's own erasure phase; for a neighbour, the last phase whose concept "
-                          "names it (the erase stage reads no neighbours between phases)",
+                  caption="phase: for a target, the concept's own erasure phase; for a neighbour, the last phase "
+                          "whose concept names it (the erase stage reads no neighbours between phases)",
                   caption_justify="left")
     table.add_column("concept", min_width=8, max_width=30)
     table.add_column("gate", no_wrap=True)
@@ -80,8 +82,6 @@ def gate_table(rows: list[dict]) -> Table:
     table.add_column("bound", no_wrap=True, justify="right")
     table.add_column("neighbour", min_width=12, max_width=22)
     table.add_column("phase", min_width=12)
-    from .release import value_and_bound
-
     for r in rows:
         value, bound = value_and_bound(r)
         n = r["neighbour"]
@@ -95,28 +95,29 @@ def print_failed_gates(rows: list[dict], out: Console | None = None) -> None:
 
 
 def _neighbour(m: dict) -> dict | None:
-    name = (m.get("summary") or {}).get("worst_neighbour")
+    worst = (m.get("summary") or {}).get("worst_neighbour")  # summarize() reads neighbour: and anchor: probes
     probes = m.get("probes") or {}
-    probe = probes.get(f"neighbour:{name}") or probes.get(f"anchor:{name}")
-    if name is None or probe is None:
+    probe = probes.get(f"neighbour:{worst}") or probes.get(f"anchor:{worst}")
+    if worst is None or probe is None:
         return None
-    return {"name": name, "before": probe["before"], "after": probe["after"]}
+    return {"name": worst, "before": probe["before"], "after": probe["after"]}
 
 
 def _phase(concept: str, neighbour: str | None, train: dict, spec: dict[str, dict]) -> str:
-    jobs = train.get("jobs") or []
+    """The phase a failed gate is put on (see the module's docstring), as the table shows it."""
+    jobs = train.get("jobs") or []  # one per sequential phase, in order
     if not jobs:
         return "unknown (train.json names no phases)"
     if train.get("mode") == "joint":
         return "unknown (joint run)" if neighbour else f"the joint phase (all {len(jobs)})"
-    label = lambda k: f"{k + 1}/{len(jobs)} {jobs[k]['concept']} ({jobs[k]['method']})"  # noqa: E731
-    if neighbour is None:
+    n = len(jobs)
+    if neighbour is None:  # a target gate: the concept's own phase (its name is in the row already)
         own = [k for k, j in enumerate(jobs) if j["concept"] == concept]
-        return f"{label(own[-1])}\nits own" if own else "unknown (not in train.json)"
-    for k in reversed(range(len(jobs))):
+        return f"{own[-1] + 1}/{n}, its own ({jobs[own[-1]]['method']})" if own else "unknown (not in train.json)"
+    for k in reversed(range(n)):
         why = _names(spec.get(jobs[k]["concept"], {}), neighbour)
         if why:
-            return f"{label(k)}\n{why}"
+            return f"{k + 1}/{n} {jobs[k]['concept']} ({jobs[k]['method']})\n{why}"
     return "unknown\nno phase names it"
 
 
