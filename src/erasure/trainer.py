@@ -282,7 +282,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["losses"].append(round(float(loss.detach()), 6))
-            bar.set_postfix(loss=f"{state['losses'][-1]:.4g}", concept=job.concept.text[:24] if len(phase) > 1 else None)
+            bar.set_postfix(loss=f"{state['losses'][-1]:.4g}",
+                            concept=job.concept.text[:24] if len(phase) > 1 else None)  # joint: which one
             bar.update()
             result.steps_run += 1
             state["phase"], state["step"] = k, step + 1

@@ -21,7 +21,8 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor, uncond: torch.Tensor,
                          stops: torch.Tensor, latent_shape: tuple[int, ...], guidance: float = 3.0,
                          num_steps: int = 50, generator: torch.Generator | None = None,
-                         noise: torch.Tensor | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         noise: torch.Tensor | None = None,
+                         desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t and t for each sample; cond is (n, seq, dim) or (1, seq, dim), uncond (1, seq, dim).
 
     `eps(x, t, emb)` predicts noise for a batch at one timestep. Sample i runs classifier-free
