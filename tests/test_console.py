@@ -228,11 +228,12 @@ def test_miniworld_concepts_and_detect_fit_100_columns(tmp_path, recorded):
     folder = tmp_path / ("a-folder-with-a-rather-long-name-for-the-images-of-this-test" * 2)
     folder.mkdir()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "000000.png")
+    Image.new("RGB", (32, 32), (30, 30, 200)).save(folder / "[b]x.png")  # a name is not rich markup
     res = CliRunner().invoke(cli.app, ["detect", str(folder)])
     assert res.exit_code == 0, res.output
     lines = recorded.export_text().splitlines()
     assert max(map(len, lines)) <= 100 and "".join(lines).startswith(f"images in {folder}:")
-    assert any(line.startswith("│ 000000.png ") for line in lines)
+    assert any(line.startswith("│ 000000.png ") for line in lines) and any("│ [b]x.png " in x for x in lines)
     assert any(re.search(r"│ (circle|square|triangle|diamond|star|cross|heart|moon) +│", line) for line in lines)
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .concept import KINDS
 from .report import console, name
@@ -143,7 +144,7 @@ def _print_detections(names: list[str], found) -> None:
     for header in (*HEADS, "copy of"):
         table.add_column(header, no_wrap=True)
     for image, d in zip(names, found):
-        table.add_row(image, *(d.labels[k] for k in HEADS), ", ".join(d.copies) or "-")
+        table.add_row(Text(image), *(d.labels[k] for k in HEADS), ", ".join(d.copies) or "-")  # Text: no markup
     out.print(table)
 
 
