@@ -43,17 +43,18 @@ def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor,
     x = noise.clone() * sched.init_noise_sigma
     out_x = torch.empty_like(x)
     out_t = torch.empty(n, dtype=torch.long)
-    with Progress(int(stops.sum()), desc or "", "sample-step", enabled=desc is not None) as bar:
-        for k, t in enumerate(sched.timesteps):
-            reached = stops == k
-            out_x[reached] = x[reached]
-            out_t[reached] = int(t)
-            active = stops > k
-            if not active.any():
-                break
-            xa = x[active]
-            emb = torch.cat([uncond.expand(len(xa), *uncond.shape[1:]), cond[active]])
-            e_u, e_c = eps(torch.cat([xa, xa]), t, emb).chunk(2)
-            x[active] = sched.step(e_u + guidance * (e_c - e_u), t, xa).prev_sample
-            bar.update(len(xa))
+    bar = Progress(int(stops.sum()), desc or "", "sample-step", enabled=desc is not None)
+    for k, t in enumerate(sched.timesteps):
+        reached = stops == k
+        out_x[reached] = x[reached]
+        out_t[reached] = int(t)
+        active = stops > k
+        if not active.any():
+            break
+        xa = x[active]
+        emb = torch.cat([uncond.expand(len(xa), *uncond.shape[1:]), cond[active]])
+        e_u, e_c = eps(torch.cat([xa, xa]), t, emb).chunk(2)
+        x[active] = sched.step(e_u + guidance * (e_c - e_u), t, xa).prev_sample
+        bar.update(len(xa))
+    bar.close()
     return out_x, out_t
