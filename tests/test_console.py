@@ -204,13 +204,15 @@ def recorded(monkeypatch):
     return c
 
 
-@pytest.mark.parametrize("concept", ["the midnight lantern poster", LONG])
-def test_release_show_fits_100_columns_with_names_on_one_line(tmp_path, recorded, concept):
+@pytest.mark.parametrize("concept,width", [("the midnight lantern poster", 100), (LONG, 100), (LONG, 80)])
+def test_release_show_fits_100_columns_with_names_on_one_line(tmp_path, monkeypatch, concept, width):
+    recorded = Console(width=width, record=True, file=io.StringIO())
+    monkeypatch.setattr(cli, "out", recorded)
     res = CliRunner().invoke(cli.app, ["release", "show", "--releases", str(_release(tmp_path, concept))])
     assert res.exit_code == 0, res.output
     lines = recorded.export_text().splitlines()
-    assert max(map(len, lines)) <= 100
-    row = next(line for line in lines if "the midnight" in line)
+    assert max(map(len, lines)) <= width and lines[-1].endswith("┘")  # whole: its right edge not cut off
+    row = next(line for line in lines if "the mid" in line)
     assert concept in row or "…" in row  # whole, or cut with an ellipsis: never a word per line
     assert "1.00 -> 0.00" in row and "2/2 pass" in row
 

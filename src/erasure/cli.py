@@ -438,7 +438,7 @@ def release_show(
     # Narrow enough for an 80-column log; the gates by name are in --json and the model card. A long
     # concept name is cut with an ellipsis, never wrapped a word per line.
     table = Table()
-    table.add_column("concept", min_width=12, max_width=40)
+    table.add_column("concept", min_width=8, max_width=40)
     for header in ("kind", "method", "target", "cut", "neighbour\ndrop", "gates"):
         table.add_column(header, no_wrap=True)
     for concept, m in info["concepts"].items():
