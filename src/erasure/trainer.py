@@ -26,7 +26,6 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from . import methods as method_registry
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -37,6 +36,7 @@ from .frozen import FrozenOriginal
 from .io import atomic_file, save_safetensors
 from .methods.base import Bench, Options, Pool
 from .params import RULES, UNET_RULES, select_unet
+from .progress import Progress
 
 # The EraseSettings fields one concept may set for itself (a params.yaml recipe), besides `options`.
 PER_CONCEPT = ("rule", "steps", "lr", "batch_size", "weight_decay", "pool_size")
@@ -221,7 +221,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         model.stop_gradient_first_token()
     if settings.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    bench = Bench(pipe, model, model_spec)
+    bench = Bench(pipe, model, model_spec, progress=progress)
     trainable = model.trainable()
     if keep_base:  # taken before a checkpoint's values are loaded: these are the base model's
         bench._base = FrozenOriginal(model, _base_values(model, trainable, pristine))
@@ -269,9 +269,10 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         model.set_trainable(set().union(*(names_by_rule[j.rule] for j in phase)))
         total = sum(j.steps for j in phase)
         t0 = time.time()
-        bar = tqdm(range(state["step"] if resuming else 0, total), desc=f"erasing {_label(phase)}",
-                   disable=not progress or not accelerator.is_local_main_process, unit="step")
-        for step in bar:
+        first = state["step"] if resuming else 0
+        bar = Progress(total, f"erasing {k + 1}/{len(phases)} {_label(phase)}", "step", initial=first,
+                       enabled=progress and accelerator.is_local_main_process)
+        for step in range(first, total):
             gen = torch.Generator().manual_seed(_seed(settings.seed, k, step))
             i = int(torch.randint(0, len(phase), (1,), generator=gen)) if len(phase) > 1 else 0
             job = phase[i]
@@ -283,7 +284,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["losses"].append(round(float(loss.detach()), 6))
-            bar.set_postfix(loss=f"{state['losses'][-1]:.4g}", concept=job.concept.text[:24])
+            bar.set_postfix(loss=f"{state['losses'][-1]:.4g}",
+                            concept=job.concept.text[:24] if len(phase) > 1 else None)  # joint: which one
+            bar.update()
             result.steps_run += 1
             state["phase"], state["step"] = k, step + 1
             if (step + 1) % settings.checkpoint_every == 0 and step + 1 < total:
@@ -291,6 +294,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             if budget is not None:
                 budget -= 1
                 if budget == 0:
+                    bar.close()
                     _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
                     result.seconds_train += time.time() - t0
                     return _finish(result, state, model)
