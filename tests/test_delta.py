@@ -180,6 +180,9 @@ def test_export_to_an_unwritable_place_is_one_error_before_any_work(tiny_pipelin
         assert res.exit_code == 2, res.output
         assert f"--out {out}: cannot write there: " in res.output and why in res.output, res.output
         assert "Traceback" not in res.output and "missing.safetensors" not in res.output
+    res = CliRunner().invoke(app, ["export", "--model", str(tiny_pipeline_dir), "--delta",
+                                   str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "a-file")])
+    assert res.exit_code == 2 and "a-file is a file; expected the folder" in res.output, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 

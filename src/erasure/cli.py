@@ -153,6 +153,8 @@ def export(
     """Apply a delta to its base model and write a full diffusers folder."""
     from .delta import export as export_delta
 
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir} is a file; expected the folder to write (it is replaced whole)")
     _check_writable("--out", out_dir)
     _guard(export_delta, model, delta, out_dir)
     out.print(f"wrote {out_dir}")

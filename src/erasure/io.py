@@ -170,7 +170,8 @@ def digest_problem(path: Path, data: bytes | None = None) -> str | None:
         return f"its content hash record is unreadable ({exc})"
     actual = hashlib.sha256(data).hexdigest() if data is not None else _sha256(path)
     if actual != recorded:
-        return f"its content (sha256 {actual[:12]}) does not match the hash recorded when it was written ({recorded[:12]})"
+        return (f"its content (sha256 {actual[:12]}) does not match the hash recorded when it was written "
+                f"({recorded[:12]})")
     return None
 
 
