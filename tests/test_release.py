@@ -170,6 +170,25 @@ def test_publish_is_atomic_repoints_latest_and_is_shown(release_inputs, tmp_path
     assert res.exit_code == 0 and rid_a in res.output and "Pip" in res.output
 
 
+def test_publish_removes_a_killed_publishs_staging_but_never_a_live_ones(release_inputs):
+    from erasure.io import owner_tag
+
+    params, inputs = release_inputs
+    releases = params.paths.releases
+    host = owner_tag().rsplit("-", 1)[0]
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid now names no process: what a killed run leaves
+    stale = [releases / f".staging-{host}-{proc.pid}-0123456789ab",
+             releases / f"..staging-{host}-{proc.pid}-ba9876543210.tmp-{host}-{proc.pid}-x1y2z3"]
+    live = releases / f".staging-{owner_tag()}-aaaaaaaaaaaa"  # a concurrent publish in this process
+    for d in (*stale, live):
+        d.mkdir(parents=True)
+        (d / "MODEL_CARD.md").write_text("half")
+    rid, folder = publish(params, gates=check_gates(inputs["metrics"], params), **inputs)
+    assert sorted(p.name for p in releases.iterdir()) == sorted([rid, "LATEST", live.name])
+    assert (live / "MODEL_CARD.md").read_text() == "half" and (folder / "manifest.json").is_file()
+
+
 def test_release_show_without_a_release_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["release", "show", "--releases", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no release yet" in res.output

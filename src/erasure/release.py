@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .config import PipelineParams
-from .io import atomic_dir, atomic_file
+from .io import atomic_dir, atomic_file, owner_tag, sweep_stale
 
 GATES = ("target_max", "reduction_min", "neighbour_max_drop")
 
@@ -152,8 +152,12 @@ def publish(params: PipelineParams, **inputs) -> tuple[str, Path]:
     require_every_gate(inputs["metrics"], inputs["gates"], params)
     root = params.paths.releases
     root.mkdir(parents=True, exist_ok=True)
+    # A publish killed mid-build leaves its staging folder (or the temporary it was built in): remove
+    # those of processes no longer running, never a live one's (see erasure/io.py).
+    for prefix in (".staging-", "..staging-"):
+        sweep_stale(root, prefix)
     # A private staging name per call: two flows publishing at once never build into one folder.
-    staging = root / f".staging-{uuid.uuid4().hex[:12]}"
+    staging = root / f".staging-{owner_tag()}-{uuid.uuid4().hex[:12]}"
     with atomic_dir(staging) as tmp:  # a crash here leaves only hidden temporaries, never a release
         release_hash = build(tmp, params=params, **inputs)
     rid = release_hash[:12]

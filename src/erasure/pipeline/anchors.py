@@ -42,10 +42,6 @@ def _embedder(params: PipelineParams):
         from ..models import load_pipeline
 
         return guidance_embedder(load_pipeline(params.model))
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from ..models import load_text_encoder
 
-    from ..models import source_folder
-
-    folder = source_folder(params.model)
-    return text_embedder(CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                         CLIPTextModel.from_pretrained(folder / "text_encoder"))
+    return text_embedder(*load_text_encoder(params.model))

@@ -11,9 +11,10 @@ import hashlib
 import json
 import time
 
+from ..codehash import code_hash
 from ..config import PipelineParams
 from ..io import atomic_dir
-from ..trainer import EraseSettings, erase, plan
+from ..trainer import TRAINING_CODE, EraseSettings, erase, plan
 from . import inputs
 
 
@@ -37,8 +38,9 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
     jobs, settings = jobs_and_settings(params)
     pipe = load_pipeline(params.model)
     base_hash = weights_hash(source_folder(params.model))
+    # Keyed by the code too: a run resumed after training code changed would mix two runs' weights.
     spec = json.dumps({"jobs": [j.describe() for j in jobs], "settings": settings.model_dump(mode="json"),
-                       "base": base_hash}, sort_keys=True)
+                       "base": base_hash, "code": code_hash(*TRAINING_CODE)}, sort_keys=True)
     workdir = params.paths.cache / "erase" / hashlib.sha256(spec.encode()).hexdigest()[:16]
     out_dir = params.paths.stage("erase")
     t0 = time.time()

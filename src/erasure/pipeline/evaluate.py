@@ -30,7 +30,7 @@ def erased_model(params: PipelineParams):
     tensors, meta = load_delta(delta)
     pipe, base_hash = base_model(params)
     apply_delta(pipe, tensors, meta, base_hash)
-    return pipe, base_hash, image_cache(params, f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}")
+    return pipe, base_hash, image_cache(params, f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}", pipe)
 
 
 def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector) -> dict:
