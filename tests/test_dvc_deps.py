@@ -1,0 +1,155 @@
+"""dvc.yaml's deps cannot drift from the code: every module of src/erasure a stage can import (at module
+level or inside a function, absolutely or relatively, transitively) is among that stage's deps, so
+`dvc repro` after editing it reruns the stage. A toy pipeline shows why it matters: DVC reruns a
+stage for an edited module it declares, and silently not for one it does not."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+PACKAGE = "erasure"
+DVC = Path(sys.executable).with_name("dvc")
+
+# stages/<name>.py calls erasure.pipeline.entry.main(name), which imports erasure.pipeline.<name> by name
+# (importlib): the one dynamic import in the package, which the walk below cannot see. The test fails
+# when another appears (test_no_other_dynamic_imports).
+DYNAMIC = {"src/erasure/pipeline/entry.py": lambda stage: [f"{PACKAGE}.pipeline.{stage}"]}
+
+# Data the code reads at run time, next to it in the package: the stages whose code reaches the loader
+# need the data among their deps too (the same rule the dvc.yaml comment states).
+DATA = {"src/erasure/models.py": "src/erasure/miniworld/shipped/pipeline",
+        "src/erasure/detectors/miniworld.py": "src/erasure/miniworld/shipped/detector.safetensors"}
+
+
+def module_file(name: str) -> Path | None:
+    """erasure.a.b -> src/erasure/a/b.py or src/erasure/a/b/__init__.py; None if neither (an attribute)."""
+    base = SRC.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def module_name(path: Path) -> tuple[str | None, str | None]:
+    """(module, package) of a file: None, None for a script outside src/ (stages/*.py)."""
+    try:
+        rel = path.relative_to(SRC).with_suffix("")
+    except ValueError:
+        return None, None
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+        return ".".join(parts), ".".join(parts)
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every `erasure...` module a file imports, anywhere in it; `from m import x` names m and m.x (x may
+    be a submodule); the caller keeps those that are files."""
+    _, package = module_name(path)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                assert package is not None, f"{path}: relative import outside the package"
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+def closure(script: Path, stage: str) -> set[Path]:
+    """The files of src/erasure that running `script` can import, each package's __init__.py included."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        names = imported_modules(f)
+        names.update(DYNAMIC.get(str(f.relative_to(ROOT)), lambda s: [])(stage))
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
+                target = module_file(".".join(parts[:i]))
+                if target is not None and target not in seen:
+                    todo.append(target)
+    seen.discard(script)
+    return seen
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def stage_script(stage: str, spec: dict) -> Path:
+    argv = shlex.split(spec["cmd"])
+    assert argv[0] == "python" and argv[1].startswith("stages/"), f"dvc.yaml: stage {stage!r}: unexpected cmd"
+    return ROOT / argv[1]
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("stage", sorted(dvc_stages()))
+def test_stage_deps_hold_every_module_it_imports(stage):
+    spec = dvc_stages()[stage]
+    script = stage_script(stage, spec)
+    deps = [str(d) for d in spec.get("deps", [])]
+    needed = {str(f.relative_to(ROOT)) for f in closure(script, stage)} | {str(script.relative_to(ROOT))}
+    needed |= {data for code, data in DATA.items() if code in needed}
+    assert f"src/{PACKAGE}/pipeline/{stage}.py" in needed  # the walk found the stage's own module
+    missing = sorted(p for p in needed if not covered(p, deps))
+    assert not missing, f"dvc.yaml: stage {stage!r} runs code (or reads data) its deps omit: {', '.join(missing)}"
+    made = {next(iter(o)) if isinstance(o, dict) else o for s in dvc_stages().values() for o in s.get("outs", [])}
+    for d in deps:  # a typo in a dep would leave its file unwatched
+        assert d in made or (ROOT / d).exists(), f"dvc.yaml: stage {stage!r}: dep {d} does not exist"
+
+
+def test_walk_follows_every_import_form(tmp_path, monkeypatch):
+    """The walk itself: function-level, relative, `from . import sub`, packages' __init__, cycles."""
+    pkg = tmp_path / "src" / PACKAGE
+    (pkg / "sub").mkdir(parents=True)
+    files = {"__init__.py": "", "a.py": "def f():\n    from .sub import b\n", "sub/__init__.py": "",
+             "sub/b.py": "from . import c\nfrom .. import a\n", "sub/c.py": "from erasure.d import thing\n",
+             "d.py": "thing = 1\n", "unused.py": ""}
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    script = tmp_path / "stages" / "x.py"
+    script.parent.mkdir()
+    script.write_text("import erasure.a\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "src")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    got = {str(f.relative_to(pkg)) for f in closure(script, "x")}
+    assert got == {"__init__.py", "a.py", "sub/__init__.py", "sub/b.py", "sub/c.py", "d.py"}
+
+
+def test_no_other_dynamic_imports():
+    """An import by name (importlib, __import__) elsewhere would hide a module from the walk."""
+    found = []
+    for f in sorted((SRC / PACKAGE).rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+                if name in ("import_module", "__import__"):
+                    found.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    assert {x.split(":")[0] for x in found} <= set(DYNAMIC), f"dynamic imports the deps test cannot follow: {found}"
