@@ -6,13 +6,16 @@ stage for an edited module it declares, and silently not for one it does not."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -156,7 +159,7 @@ def test_no_other_dynamic_imports():
 
 
 def _toy_repo(tmp: Path) -> callable:
-    """A git + DVC repository in tmp; returns a runner of dvc commands there (output as text)."""
+    """A git + DVC repository in tmp; returns a runner of dvc (or git) commands there (their stdout)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
@@ -164,7 +167,7 @@ def _toy_repo(tmp: Path) -> callable:
         cmd = [str(DVC), *argv] if argv[0] != "git" else list(argv)
         done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout}{done.stderr}"
-        return done.stdout + done.stderr
+        return done.stdout
 
     run("git", "init", "-q")
     run("init", "-q")
@@ -192,3 +195,93 @@ def test_dvc_repro_reruns_a_stage_for_a_declared_module_only(tmp_path):
     (tmp_path / "hidden.py").write_text("VALUE = 20\n")  # imported, not declared
     log = dvc("repro")
     assert "Running stage" not in log and out() == "12", log  # stale: 22 is what the code now makes
+
+
+# --- what the pipeline gives `dvc metrics` and `dvc plots` -------------------------------------------------
+
+def _concept(slug: str, before: float, after: float, neighbour_after: float) -> dict:
+    from erasure.evaluate import summarize
+
+    probes = {"target": {"before": before, "after": after, "n": 4, "example_prompt": "x"},
+              "neighbour:circle": {"before": 1.0, "after": neighbour_after, "n": 4, "example_prompt": "y"}}
+    images = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    return {"kind": "style", "method": "esd", "anchor": None, "slug": slug, "probes": probes,
+            "summary": summarize(probes), "grids": {"before": f"grids/{slug}-before.png", "after": f"grids/{slug}-after.png"},
+            "_images": {"before": images, "after": images}}
+
+
+def _evaluate_outputs(project: Path, pip_after: float) -> None:
+    """The evaluate and erase stages' files for dvc, as their writers make them, under project/work."""
+    from erasure.config import load_params
+    from erasure.pipeline import erase, evaluate
+
+    shutil.copy(ROOT / "params.yaml", project / "params.yaml")
+    params = load_params(project / "params.yaml")
+    concepts = {"Pip": _concept("pip", 1.0, pip_after, 0.9), "Vasquez": _concept("vasquez", 0.5, 0.0, 1.0)}
+    evaluate.write(params, "base", concepts, {"generic_drift": 0.1, "fid_base": 0.2, "fid_erased": 0.3, "n_generic": 8},
+                   track=False)
+    job = lambda text, steps: SimpleNamespace(steps=steps, concept=SimpleNamespace(text=text))  # noqa: E731
+    (project / "work" / "erase").mkdir(exist_ok=True)
+    (project / "work" / "erase" / "losses.json").write_text(erase._losses([job("Pip", 2), job("Vasquez", 3)],
+                                                                          "sequential", [0.5, 0.4, 0.3]))
+
+
+def test_loss_records_name_phase_and_concept_and_count_cached_steps():
+    from erasure.pipeline.erase import _losses
+
+    job = lambda text, steps: SimpleNamespace(steps=steps, concept=SimpleNamespace(text=text))  # noqa: E731
+    jobs = [job("Pip", 2), job("Vasquez", 3)]
+    # Pip's phase came from the phase cache: the losses are Vasquez's, at steps 2..4.
+    assert json.loads(_losses(jobs, "sequential", [0.5, 0.4, 0.3])) == [
+        {"step": 2, "phase": 1, "concept": "Vasquez", "loss": 0.5}, {"step": 3, "phase": 1, "concept": "Vasquez", "loss": 0.4},
+        {"step": 4, "phase": 1, "concept": "Vasquez", "loss": 0.3}]
+    assert [(r["step"], r["phase"], r["concept"]) for r in json.loads(_losses(jobs, "sequential", [1.0] * 5))] == [
+        (0, 0, "Pip"), (1, 0, "Pip"), (2, 1, "Vasquez"), (3, 1, "Vasquez"), (4, 1, "Vasquez")]
+    assert {r["concept"] for r in json.loads(_losses(jobs, "joint", [1.0] * 5))} == {"Pip + Vasquez"}
+    assert json.loads(_losses(jobs, "sequential", [])) == []
+
+
+def test_dvc_metrics_params_and_plots_diff_against_a_commit(tmp_path):
+    """The real dvc.yaml on the stages' own files: metrics per concept, diffs against the commit before,
+    and both plots rendered with the data the stages wrote."""
+    dvc = _toy_repo(tmp_path)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    _evaluate_outputs(tmp_path, pip_after=0.25)
+    summary = tmp_path / "work" / "evaluate" / "summary"
+    assert sorted(p.name for p in summary.iterdir()) == ["_global.json", "pip.json", "vasquez.json"]
+    assert json.loads((summary / "pip.json").read_text()) == {"before": 1.0, "after": 0.25, "reduction": 0.75,
+                                                               "neighbour_drop": pytest.approx(0.1)}
+    # What gets committed: the metrics and plot data, nothing else of work/ (DVC's cache holds that).
+    dvc("git", "add", "-A")
+    tracked = dvc("git", "ls-files", "work").split()
+    assert sorted(tracked) == ["work/evaluate/plots/after.json", "work/evaluate/plots/before.json",
+                               "work/evaluate/summary/_global.json", "work/evaluate/summary/pip.json",
+                               "work/evaluate/summary/vasquez.json"]
+    dvc("git", "commit", "-qm", "release 1")
+
+    rows = {line.split()[0]: line.split()[1:] for line in dvc("metrics", "show").splitlines()}
+    assert rows["Path"] == ["after", "before", "fid_base", "fid_erased", "generic_drift", "neighbour_drop", "reduction"]
+    assert rows["work/evaluate/summary/pip.json"] == ["0.25", "1.0", "-", "-", "-", "0.1", "0.75"]  # a row per concept
+    assert len(rows) == 4
+
+    _evaluate_outputs(tmp_path, pip_after=0.0)  # the next run
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["generate"]["steps"] += 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    diff = json.loads(dvc("metrics", "diff", "HEAD", "--json"))
+    assert diff["work/evaluate/summary/pip.json"]["after"] == {"old": 0.25, "new": 0.0, "diff": -0.25}
+    assert "work/evaluate/summary/vasquez.json" not in diff  # unchanged
+    params = json.loads(dvc("params", "diff", "HEAD", "--json"))
+    assert params == {"params.yaml": {"generate.steps": {"old": p["generate"]["steps"] - 1, "new": p["generate"]["steps"], "diff": 1}}}
+
+    plots = json.loads(dvc("plots", "diff", "HEAD", "--json"))
+    # The only error: the loss history is not in git (at HEAD), it is the erase stage's, not the release's.
+    assert [(e["rev"], e["source"]) for e in plots["errors"]] == [("HEAD", "work/erase/losses.json")], plots["errors"]
+    bars = plots["data"]["before_after"][0]["content"]["data"]["values"]
+    after = {(b["rev"], b["probe"]): b["presence"] for b in bars if b["filename"].endswith("after.json")}
+    assert after[("HEAD", "Pip: target")] == 0.25 and after[("workspace", "Pip: target")] == 0.0
+    assert {b["filename"].rsplit("/", 1)[-1] for b in bars} == {"before.json", "after.json"}
+    loss = plots["data"]["loss"][0]["content"]["data"]["values"]  # not in git: the workspace's only
+    assert [(r["rev"], r["step"], r["loss"]) for r in loss] == [("workspace", 2, 0.5), ("workspace", 3, 0.4),
+                                                              ("workspace", 4, 0.3)]
