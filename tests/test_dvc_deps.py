@@ -1,7 +1,9 @@
 """dvc.yaml's deps cannot drift from the code: every module of src/erasure a stage can import (at module
 level or inside a function, absolutely or relatively, transitively) is among that stage's deps, so
 `dvc repro` after editing it reruns the stage. A toy pipeline shows why it matters: DVC reruns a
-stage for an edited module it declares, and silently not for one it does not."""
+stage for an edited module it declares, and silently not for one it does not. And what the stages
+give DVC for review: metrics per concept and plot data that `dvc metrics/params/plots diff` read
+against an earlier commit (a previous release)."""
 
 from __future__ import annotations
 
