@@ -91,9 +91,9 @@ def code_version() -> str:
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        # dvc.lock is rewritten by `dvc repro` while it runs: an output, not code.
+        # dvc.lock and work/ (its metrics and plot data are committed) are rewritten by the run: outputs, not code.
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                                ":(exclude,top)dvc.lock"], cwd=here,
+                                ":(exclude,top)dvc.lock", ":(exclude,top)work"], cwd=here,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

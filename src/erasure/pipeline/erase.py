@@ -61,7 +61,26 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
             (tmp / "train.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in run_specific},
                                                        indent=1, sort_keys=True))
             (tmp / "timing.json").write_text(json.dumps(timing, indent=1, sort_keys=True))
+            # For `dvc plots` (loss vs step): the phases this run trained, not those from the phase cache;
+            # kept out of train.json, which DVC and releases hash.
+            (tmp / "losses.json").write_text(_losses(jobs, settings.mode, result.losses))
     return summary
+
+
+def _losses(jobs, mode: str, losses: list[float]) -> str:
+    """[{"step", "phase", "concept", "loss"}, ...], one line each. `losses` holds the steps of the last
+    phases (those before came from the phase cache): matched to phases from the end; `step` counts
+    every phase's steps, cached ones included, so a partly cached run plots at the same x."""
+    phases = [jobs] if mode == "joint" else [[j] for j in jobs]  # as erasure.trainer.erase groups them
+    starts = [sum(j.steps for p in phases[:k] for j in p) for k in range(len(phases) + 1)]
+    first = starts[-1] - len(losses)
+    rows = []
+    for i, loss in enumerate(losses):
+        step = first + i
+        k = max(k for k in range(len(phases)) if starts[k] <= step)
+        rows.append(json.dumps({"step": step, "phase": k, "concept": " + ".join(j.concept.text for j in phases[k]),
+                                "loss": loss}))
+    return "[\n" + ",\n".join(rows) + "\n]\n"
 
 
 class _nowhere:

@@ -67,7 +67,8 @@ def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
 
 def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], generic: dict,
           track: bool = True) -> dict:
-    """metrics.json, summary.json (for `dvc metrics`) and the grids, in one atomic folder; then MLflow."""
+    """metrics.json, the grids, summary/ (for `dvc metrics`) and plots/ (for `dvc plots`), in one atomic
+    folder; then MLflow."""
     metrics = {"model": params.model, "base_hash": base_hash, "images_per_probe": params.generate.images_per_probe,
                "concepts": {c: {k: v for k, v in r.items() if k != "_images"} for c, r in concepts.items()},
                "global": generic}
@@ -78,7 +79,12 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
             for when, images in r["_images"].items():
                 grid(images, cols=8, zoom=3).save(tmp / r["grids"][when])
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        (tmp / "summary.json").write_text(json.dumps(_flat(metrics), indent=1, sort_keys=True))
+        # summary/ and plots/ are small and committed to git (dvc.yaml: cache: false), so `dvc metrics diff`
+        # and `dvc plots diff` read them at any commit; a file per concept is a row in `dvc metrics show`.
+        for folder, files in (("summary", _summary(metrics)), ("plots", _plots(metrics))):
+            (tmp / folder).mkdir()
+            for name, data in files.items():
+                (tmp / folder / name).write_text(json.dumps(data, indent=1) + "\n")
     if track:  # after the folder is in place: MLflow's artifacts are copies of published files
         from ..tracking import log_pipeline
 
@@ -104,13 +110,26 @@ def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _flat(metrics: dict) -> dict:
-    out = {k: v for k, v in metrics["global"].items()}
+# summary/<slug>.json: what the release gates read, under short names (dvc prints a column per key).
+_SUMMARY = {"before": "target_before", "after": "target_after", "reduction": "target_reduction",
+            "neighbour_drop": "neighbour_max_drop"}
+
+
+def _summary(metrics: dict) -> dict[str, dict]:
+    """{file name: numbers} for work/evaluate/summary/: one file per concept, _global.json (a slug has no "_")."""
+    g = metrics["global"]
+    out = {"_global.json": {k: g[k] for k in ("generic_drift", "fid_base", "fid_erased")}}
     for c in metrics["concepts"].values():
-        for k, v in c["summary"].items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[f"{c['slug']}.{k}"] = v
+        out[f"{c['slug']}.json"] = {short: c["summary"][k] for short, k in _SUMMARY.items()
+                                    if c["summary"].get(k) is not None}
     return out
+
+
+def _plots(metrics: dict) -> dict[str, list]:
+    """before.json and after.json for `dvc plots`: a bar per concept and probe, side by side by file."""
+    return {f"{when}.json": [{"probe": f"{concept}: {name}", "presence": p[when]}
+                             for concept, c in metrics["concepts"].items() for name, p in c["probes"].items()]
+            for when in ("before", "after")}
 
 
 def _train(params: PipelineParams) -> dict | None:
