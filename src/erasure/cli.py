@@ -421,6 +421,7 @@ def miniworld_train_detector(
     out_path: Annotated[Optional[Path], typer.Option("--out")] = None,
     threads: int = 2,
     measure_images: Annotated[int, typer.Option(min=1, help="Fresh images the accuracy is measured on.")] = 2000,
+    images: Annotated[int, typer.Option(min=1, help="Procedural training images rendered.")] = 30000,
 ):
     """Train the miniworld concept detector and print its accuracy on fresh images (2,000 by default)."""
     import torch
@@ -429,7 +430,7 @@ def miniworld_train_detector(
     from .detectors.miniworld import WEIGHTS
 
     torch.set_num_threads(threads)
-    net = mt.train(out_path or WEIGHTS, steps=steps)
+    net = mt.train(out_path or WEIGHTS, steps=steps, count=images)
     print(json.dumps(mt.measure(net, count=measure_images), indent=1))
 
 
