@@ -76,6 +76,11 @@ def test_runs_carry_targets_gates_losses_grids_and_the_comparison(tracked, tmp_p
     assert exp.tags[KIND_TAG] == KIND
     assert exp.artifact_location == (tmp_path / "store" / ARTIFACTS / "test-erasure").as_uri()
     assert client.get_run(first).info.start_time == 1_000_000  # the job's start, recorded by ingest
+    # The runs table's columns, as a saved view the UI lists (and review_url opens).
+    view = json.loads(exp.tags["mlflow.sharedViewState.release-review"])
+    assert view["name"] == "Release review"
+    assert {"metrics.`Pip.target_after`", "metrics.`Vasquez.gates_passed`", "metrics.`gates_passed`"} <= set(
+        json.loads(view["state"])["selectedColumns"])
     # The previous release is the one registered from the first run.
     client.create_registered_model("erasure-release")
     client.create_model_version("erasure-release", source=f"runs:/{first}/model", run_id=first,
@@ -192,3 +197,35 @@ def test_the_release_loads_by_alias_from_a_moved_copy_of_the_store(tracked, tiny
     assert source == f"runs:/{run_id}/model"
     with pytest.raises(ValueError, match="expected a 'prompt' column"):
         model.predict(pandas.DataFrame({"text": ["x"]}))
+
+
+def test_the_side_by_side_grid_shows_each_reading(tmp_path):
+    """Per prompt: base and erased image, the judge's reading under each (a sighting after erasure in
+    red), the prompt under the pair; and the evaluate stage writes it beside the other grids."""
+    from erasure.pipeline.evaluate import write
+    from erasure.sampling import side_by_side
+
+    rng = np.random.default_rng(0)
+    before, after = (rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    prompts = ["a photo of Pip"] * 4
+
+    def red(image):
+        a = np.asarray(image).astype(int)
+        return int(((a[..., 0] > 150) & (a[..., 1] < 80) & (a[..., 2] < 80)).sum())
+
+    clean = side_by_side(before, after, prompts, {"before": [True] * 4, "after": [False] * 4}, "Pip", "Pip")
+    seen = side_by_side(before, after, prompts, {"before": [True] * 4, "after": [True, False, False, False]},
+                        "Pip", "Pip")
+    assert clean.size == seen.size and clean.width > 8 * 32 * 4  # 4 pairs of 4x images a row, with margins
+    assert red(seen) > red(clean)
+
+    params = PipelineParams()
+    params.paths.work = tmp_path / "work"
+    concept = dict(_concept("instance", 0.25, "pip"), _images={
+        "before": before, "after": after, "prompts": prompts, "label": "Pip",
+        "readings": {"before": [True] * 4, "after": [True, False, False, False]}})
+    metrics = write(params, "h", {"Pip": concept}, _metrics()["global"], track=False)
+    written = json.loads((tmp_path / "work" / "evaluate" / "metrics.json").read_text())
+    assert "_images" not in written["concepts"]["Pip"] and written == json.loads(json.dumps(metrics))
+    for name in ("pip-before.png", "pip-after.png", "pip-side-by-side.png"):
+        assert (tmp_path / "work" / "evaluate" / "grids" / name).is_file(), name

@@ -95,7 +95,8 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
            "## How to load it", "",
            "With diffusers, from this release's folder (weights as safetensors):", "", "```python",
            "from diffusers import DiffusionPipeline", "",
-           'pipe = DiffusionPipeline.from_pretrained("model", use_safetensors=True)  # the model/ folder beside this card',
+           "# the model/ folder beside this card",
+           'pipe = DiffusionPipeline.from_pretrained("model", use_safetensors=True)',
            "```", "", "With MLflow, from the tracking store the pipeline registered it in (a pyfunc model: prompts "
            "and optional seeds in, uint8 images out):", "", "```python", "import mlflow, pandas", "",
            f'model = mlflow.pyfunc.load_model("models:/{registry}@{alias}")',
@@ -110,9 +111,10 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
     for c, m in concepts.items():
         for p, v in m["probes"].items():
             note = "already absent before: proves nothing" if (c, p) in absent else ""
-            out.append(f"| {_cell(c)} | {m['kind']} | {m['method']} | {_cell(p)} | {_cell(v.get('example_prompt', ''))} "
+            prompt = _cell(v.get("example_prompt", ""))
+            out.append(f"| {_cell(c)} | {m['kind']} | {m['method']} | {_cell(p)} | {prompt} "
                        f"| {_f(v.get('before'))} | {_f(v.get('after'))} | {note} |")
-    out += ["", "Release gates (every one passed for a release to be published):", "",
+    out += ["", "Release gates (a release is published only when every one passes):", "",
             "| concept | gate | value | bound | result |", "|---|---|---|---|---|"]
     for x in gates:
         rel = {"target_max": "<=", "reduction_min": ">=", "neighbour_max_drop": "<="}[x["gate"]]
@@ -151,7 +153,8 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
             f"{lineage.get('params', {}).get('erase', {}).get('seed', '-')}",
             "- no date: a release is byte-reproducible from its inputs; its identity is the release hash in "
             "`manifest.json`.", "", "Recipes (per method and concept kind; the full params are in `lineage.json`):",
-            "", "| method/kind | concepts | rule | steps | lr | batch | pool | options set |", "|---|---|---|---|---|---|---|---|"]
+            "", "| method/kind | concepts | rule | steps | lr | batch | pool | options set |",
+            "|---|---|---|---|---|---|---|---|"]
     out += _recipes(lineage, concepts)
     return out + [""]
 

@@ -100,7 +100,7 @@ def side_by_side(before: np.ndarray, after: np.ndarray, prompts: list[str], read
 
     font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=13)
     n, h, w, _ = before.shape
-    iw, ih, gap, pad = w * zoom, h * zoom, 6, 14
+    iw, ih, gap, pad = w * zoom, h * zoom, 6, 24  # pairs further apart than their two images
     pair_w = 2 * iw + gap
     chars = max(12, int(pair_w / small.getlength("n")))  # wrap prompts to the pair's width
     wrapped = [textwrap.wrap(p, chars)[:3] for p in prompts[:n]]

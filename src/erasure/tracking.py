@@ -10,7 +10,7 @@ What the review shows, and where:
   (prompt and judge's reading under each image), and `previous_release/` (delta table, old grid);
 - the experiment is tagged `mlflow.experimentKind: custom_model_development` (MLflow 3's kind for
   model training); the UI's GenAI/model-training switch is per browser, `?workflowType=machine_learning`
-  in the URL sets it (see `review_url`).
+  in the URL sets it; the runs table's columns are a saved view, "Release review" (`review_url`).
 
 Artifacts of a SQLite store go to `mlartifacts/` beside the database (not MLflow's default,
 `./mlruns` under whatever folder the process ran in). MLflow records them as absolute file URIs,
@@ -50,6 +50,7 @@ def artifact_root(uri: str) -> str | None:
 def _mlflow(params: PipelineParams):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file logged
     import mlflow
 
     uri, name = params.tracking.uri, params.tracking.experiment
@@ -72,7 +73,8 @@ def _mlflow(params: PipelineParams):
 
 def review_url(base: str, experiment_id: str) -> str:
     """The experiment's runs table in `mlflow ui` (the model-training view, not the GenAI overview)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={REVIEW_VIEW}")
 
 
 def _slug(name: str) -> str:
@@ -126,11 +128,26 @@ def _comparison(old: dict, new: dict) -> list[dict]:
             a, b = old.get("probes", {}).get(p, {}).get(when), new.get("probes", {}).get(p, {}).get(when)
             rows.append({"metric": f"{p} {when}", "previous": a, "now": b,
                          "delta": None if a is None or b is None else float(b) - float(a)})
-    for k in ("target_after", "target_reduction", "neighbour_max_drop"):
+    for k in ("target_reduction", "neighbour_max_drop"):  # target_after is the target probe's row
         a, b = old.get("summary", {}).get(k), new.get("summary", {}).get(k)
         rows.append({"metric": k, "previous": a, "now": b,
                      "delta": None if a is None or b is None else float(b) - float(a)})
     return rows
+
+
+def _worse(row: dict) -> bool:
+    """Did this figure move the wrong way since the previous release?"""
+    d, name = row["delta"], row["metric"]
+    if not d:
+        return False
+    if name in ("neighbour_max_drop",):
+        return d > 0
+    if name == "target_reduction":
+        return d < 0
+    if not name.endswith(" after"):
+        return False  # before-figures are the base model's
+    kept = name.startswith(("neighbour:", "anchor:"))  # concepts that must stay
+    return d < 0 if kept else d > 0
 
 
 def _comparison_html(concept: str, rid: str, rows: list[dict]) -> str:
@@ -139,14 +156,30 @@ def _comparison_html(concept: str, rid: str, rows: list[dict]) -> str:
 
     body = "".join(
         f"<tr><td>{html.escape(r['metric'])}</td><td>{cell(r['previous'])}</td><td>{cell(r['now'])}</td>"
-        # A presence that rose after erasure is the concept coming back: red.
-        f"<td style='color:{'#b00' if (r['delta'] or 0) > 0 and r['metric'].endswith('after') else '#000'}'>"
-        f"{cell(r['delta'], '+.3f')}</td></tr>" for r in rows)
+        f"<td style='color:{'#b00' if _worse(r) else '#000'}'>{cell(r['delta'], '+.3f')}</td></tr>" for r in rows)
     return (f"<html><body style='font-family:sans-serif'><h3>{html.escape(concept)}: this run vs release "
             f"{html.escape(rid)}</h3><table border=1 cellpadding=4 style='border-collapse:collapse'>"
             f"<tr><th>metric</th><th>previous release</th><th>this run</th><th>delta</th></tr>{body}</table>"
-            "<p>Presence: the share of images in which the judge sees the concept. A rise after erasure "
-            "(red) means the concept came back.</p></body></html>")
+            "<p>Presence: the share of images in which the judge sees the concept (before: base model; after: "
+            "erased). Red: worse than the previous release (the concept more present, or a neighbour less).</p>"
+            "</body></html>")
+
+
+REVIEW_VIEW = "release-review"  # a saved view of the runs table (experiment tag), in the UI's Views menu
+
+
+def _review_view(client, experiment_id: str, concepts: list[str]) -> None:
+    """The runs table's columns for the review, saved as an MLflow saved view (`mlflow.sharedViewState.*`
+    experiment tag; `viewStateShareKey=release-review` in the URL opens it)."""
+    keys = ["gates_passed"] + [f"{_key(c)}.{k}" for c in concepts for k in ("target_after", "gates_passed")]
+    keys += ["fid_base", "fid_erased", "generic_drift"]
+    columns = ["attributes.`Run Name`", "attributes.`Created`", "attributes.`Duration`"]
+    metric_columns = [f"metrics.`{k}`" for k in keys]
+    # Wide enough for "<concept>.target_after" (the UI orders metric columns by name).
+    state = {"selectedColumns": columns + metric_columns,
+             "columnWidths": {c: max(100, 7 * (len(c) - 10)) for c in metric_columns}}
+    envelope = {"name": "Release review", "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{REVIEW_VIEW}", json.dumps(envelope))
 
 
 def _previous_run(client, params: PipelineParams, release_hash: str | None) -> str | None:
@@ -199,6 +232,7 @@ def log_pipeline(params: PipelineParams, metrics: dict, grids_root: Path, train:
         previous["run_id"] = _previous_run(client, params, previous.get("release_hash"))
         tags.update({"previous_release": str(previous.get("release_id")), "previous_run_id": previous["run_id"] or "-"})
     gates = check_gates(metrics, params)
+    _review_view(client, exp.experiment_id, list(metrics["concepts"]))
     created = client.create_run(exp.experiment_id, start_time=start_time_ms, run_name="pipeline", tags=tags)
     by_concept: dict[str, list[dict]] = {}
     for g in gates:
@@ -343,7 +377,8 @@ def register_release(params: PipelineParams, release_dir: Path, run_id: str | No
         with tempfile.TemporaryDirectory() as tmp:
             # Saved, then logged as the run's artifacts: the model lives inside the run, where the
             # version's `runs:/` source finds it (log_model would put it in a separate logged model).
-            mlflow.pyfunc.save_model(Path(tmp) / MODEL_PATH, python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            code = Path(__file__).with_name("mlflow_model.py")
+            mlflow.pyfunc.save_model(Path(tmp) / MODEL_PATH, python_model=str(code),
                                      artifacts={"diffusers": str(release_dir / "model")},
                                      model_config={"steps": params.generate.steps,
                                                    "guidance": params.generate.guidance},
