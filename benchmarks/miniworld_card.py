@@ -43,13 +43,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="images per concept")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/miniworld_card.md"))
     ap.add_argument("--grid", type=Path, default=Path("benchmarks/results/miniworld_card.png"))
+    ap.add_argument("--detector-images", type=int, default=2000,
+                    help="fresh procedural images for the detector's accuracy and the copy calibration")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 2)
 
     det = MiniworldDetector.load()
     t0 = time.time()
-    acc = detector_accuracy(det.net, count=2000)
-    copy_cal = calibrate_copy_threshold(count=2000)
+    acc = detector_accuracy(det.net, count=args.detector_images)
+    copy_cal = calibrate_copy_threshold(count=args.detector_images)
     pipe = load_pipeline("miniworld")
     result = card.measure(pipe, det, n=args.n)
     verdicts = card.verdicts(result["rows"])
@@ -62,10 +64,10 @@ def main() -> None:
              "(batches of 64, CPU)",
              f"- training: {training_time(MINIWORLD_PATH)}",
              f"- copy threshold: similarity > {COPY_THRESHOLD}", "",
-             "## Detector accuracy (2,000 fresh augmented procedural images)", "",
+             f"## Detector accuracy ({args.detector_images:,} fresh augmented procedural images)", "",
              "| head | accuracy |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in acc.items() if k != "seconds"]
-    lines += ["", "Copy similarity calibration (200 augmented copies vs 2,000 world images):", "",
+    lines += ["", f"Copy similarity calibration (200 augmented copies vs {args.detector_images:,} world images):", "",
               "| memorized | copies min | copies p05 | world p99 | world max |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {r['copies_min']:.3f} | {r['copies_p05']:.3f} | {r['world_p99']:.3f} | {r['world_max']:.3f} |"
               for k, r in copy_cal.items()]

@@ -23,6 +23,7 @@ for _var, _value in {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISA
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from erasure.config import PipelineParams, load_params  # noqa: E402
@@ -33,6 +34,7 @@ from erasure.pipeline import generate as generate_stage  # noqa: E402
 from erasure.pipeline import ingest as ingest_stage  # noqa: E402
 from erasure.pipeline import inputs  # noqa: E402
 from erasure.pipeline import release as release_stage  # noqa: E402
+from erasure.report import GatesFailed, print_failed_gates  # noqa: E402
 
 
 def _transient(task, task_run, state) -> bool:
@@ -80,7 +82,7 @@ def generate_generic(params: PipelineParams, blocked: set[str]) -> dict:
 
 @task(**TASK)
 def erase(params: PipelineParams) -> dict:
-    return erase_stage.run(params, progress=False)
+    return erase_stage.run(params)  # a bar per phase, with its loss (in a log: a line every 30 s)
 
 
 @task(**TASK, task_run_name="evaluate {entry[concept]}")
@@ -134,13 +136,22 @@ def release_flow(params_path: str = "params.yaml") -> dict:
     per_concept = {e["concept"]: evaluate_concept.submit(params, e) for e in entries}
     base_hash, generic = evaluate_generic(params)
     record_evaluation(params, base_hash, {c: f.result() for c, f in per_concept.items()}, generic)
-    return release(params)
+    report = release(params)
+    if not report["passed"]:
+        # Failed, not Completed: Prefect's log and UI name the gates; main() prints them as a table.
+        refused = GatesFailed(report)
+        return Failed(message=str(refused), data=refused)
+    return report
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    report = release_flow(ap.parse_args().params)
+    try:
+        report = release_flow(ap.parse_args().params)
+    except GatesFailed as exc:
+        print_failed_gates(exc.report["failed"])
+        sys.exit(1)
     sys.exit(0 if report.get("passed") else 1)
 
 

@@ -13,8 +13,16 @@ echo
 if [ "$status" -eq 0 ]; then
   .venv/bin/erasure release show
 else
-  echo "no release (flow exit $status): see the log above; when a gate failed, work/release/report.json"
-  echo "says which concept failed which gate"
+  echo "no release (flow exit $status)"
+  # The failed gates again, as a table, when this run's release stage refused them; else the flow
+  # stopped earlier, and its log above says why.
+  gates=0
+  .venv/bin/erasure release report "$@" --since "$start" 2>/dev/null || gates=$?
+  case "$gates" in
+    1) ;;  # the table names them
+    0) echo "its gates passed, and the flow failed after them: see the log above" ;;
+    *) echo "the flow stopped before its release stage: see the log above" ;;
+  esac
 fi
 echo
 echo "MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1   (then open http://127.0.0.1:5000)"

@@ -7,7 +7,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Two cores: alone, a test uses both; under `pytest -n 2` (scripts/test.sh) each worker takes one.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def build_tiny_pipeline(path):

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from erasure.blocklist import Blocklist, BlocklistError, Entry, diff, load_block
 from erasure.concept import Concept
 from erasure.config import load_params
 from erasure.pipeline import ingest
+from erasure.strict_yaml import preview
 
 ROOT = Path(__file__).resolve().parent.parent
 MALFORMED = Path(__file__).resolve().parent / "blocklists" / "malformed"
@@ -25,7 +27,7 @@ EXPECTED = {
     "empty.yaml": "the file is empty; expected a mapping with a 'concepts' list",
     "empty.csv": "the file is empty; expected a header row",
     "not-utf8.yaml": "expected UTF-8 text, got an undecodable byte at offset 24",
-    "bad-yaml.yaml": "not valid YAML at line 4, column 1",
+    "bad-yaml.yaml": "not valid YAML: line 4, column 1",
     "not-a-mapping.yaml": "top level: expected a mapping with a 'concepts' list, got list",
     "concepts-not-a-list.yaml": "concepts: expected a list of entries, got str 'Vasquez'",
     "concepts-empty.yaml": "concepts: expected at least one entry, got an empty list",
@@ -69,11 +71,111 @@ EXPECTED = {
     "csv-unknown-column.csv": "header: unknown column 'anchr' (did you mean 'anchor'?)",
     "csv-extra-cells.csv": "entry 1 (Vasquez): row: expected at most 2 cells (one per column), got 3",
     "unsupported.json": "unsupported file type '.json'; expected .yaml, .yml, .csv",
+    # Strict YAML: a key twice, anchors and aliases, tags, nesting (the line is named).
+    "concepts-twice.yaml": "line 6: key 'concepts' given twice in one mapping (first at line 3)",
+    "entry-key-twice.yaml": "line 5: key 'kind' given twice in one mapping (first at line 3)",
+    "flow-key-twice.yaml": "line 2: key 'concept' given twice in one mapping (first at line 2)",
+    "version-twice.yaml": "line 2: key 'version' given twice in one mapping (first at line 1)",
+    "anchor-alias.yaml": "line 3: anchor '&k': anchors and aliases are not accepted",
+    "billion-laughs.yaml": "line 5: anchor '&a': anchors and aliases are not accepted",
+    "merge-key.yaml": "line 3: merge key '<<' is not accepted",
+    "python-tag.yaml": "not valid YAML: line 2, column 14: could not determine a constructor for the tag "
+                       "'tag:yaml.org,2002:python/object/apply:os.system'",
+    "include-tag.yaml": "not valid YAML: line 1, column 11: could not determine a constructor for the tag '!include'",
+    "two-documents.yaml": "not valid YAML: line 4, column 1: but found another document",
+    "deep-nesting.yaml": "line 2: values nested more than 100 levels deep",
+    "raw-escape-byte.yaml": "not valid YAML: line 2: U+001B ESCAPE: control characters are not allowed",
+    "raw-nul-byte.yaml": "not valid YAML: line 3: U+0000 NULL: control characters are not allowed",
+    # Characters a reader cannot see: which one, and where (the entry's name shows it escaped).
+    "zero-width-space.yaml": "entry 1 (Pi\\u200bp): concept: expected visible text, got U+200B ZERO WIDTH SPACE "
+                             "at position 3",
+    "zero-width-joiner.yaml": "entry 1 (Vas\\u200dquez): concept: expected visible text, got U+200D ZERO WIDTH "
+                              "JOINER at position 4",
+    "bidi-override.yaml": "concept: expected visible text, got U+202E RIGHT-TO-LEFT OVERRIDE at position 1",
+    "bom-inside-concept.yaml": "concept: expected visible text, got U+FEFF ZERO WIDTH NO-BREAK SPACE at position 3",
+    "soft-hyphen-in-concept.yaml": "concept: expected visible text, got U+00AD SOFT HYPHEN at position 4",
+    "hangul-filler-in-concept.yaml": "entry 1 (Pip\\u3164): concept: expected visible text, got U+3164 HANGUL "
+                                     "FILLER at position 4",
+    "escape-in-concept.yaml": "entry 1 (Pip\\x1b[31m): concept: expected visible text, got U+001B ESCAPE at "
+                              "position 4",
+    "nul-in-concept.yaml": "concept: expected visible text, got U+0000 NULL at position 3",
+    "newline-in-concept.yaml": "entry 1 (Pi\\np): concept: expected visible text, got U+000A LINE FEED at "
+                               "position 3",
+    "line-separator-in-concept.yaml": "concept: expected visible text, got U+2028 LINE SEPARATOR at position 4",
+    "tab-in-concept.yaml": "concept: expected visible text, got U+0009 TAB at position 4",
+    "kind-invisible.yaml": "entry 1 (Vasquez): kind: expected visible text, got U+200B ZERO WIDTH SPACE at "
+                           "position 6",
+    "method-invisible.yaml": "entry 1 (Pip): method: expected visible text, got U+200B ZERO WIDTH SPACE at position 2",
+    "control-in-anchor.yaml": "entry 1 (Pip): anchor: expected visible text, got U+001B ESCAPE at position 1",
+    "control-in-paraphrase.yaml": "paraphrases: expected visible text, got U+0007 control character at position 5 "
+                                  "in item 2",
+    "control-in-eval-prompt.yaml": "eval_prompts: expected visible text, got U+000D CARRIAGE RETURN at position 11 "
+                                   "in item 1",
+    "reference-image-invisible.yaml": "reference_images: expected visible text, got U+200B ZERO WIDTH SPACE at "
+                                      "position 4 in item 1",
+    "invisible-field-name.yaml": ("entry 1 (Vasquez): kind\\u200b: unknown field 'kind\\u200b' (did you mean "
+                                  "'kind'?)",
+                                  f"entry 1 (Vasquez): kind: expected one of {KINDS}, got nothing"),
+    "csv-control-in-cell.csv": "entry 1 (Vasquez): paraphrases: expected visible text, got U+001B ESCAPE at "
+                               "position 5 in item 2",
+    "csv-newline-in-cell.csv": "entry 1 (Pi\\np): concept: expected visible text, got U+000A LINE FEED at position 3",
+    "csv-zero-width-in-cell.csv": "entry 2 (Pi\\u200bp): concept: expected visible text, got U+200B ZERO WIDTH "
+                                  "SPACE at position 3",
+    # Values YAML reads as another type than text.
+    "concept-a-date.yaml": "concept: expected text, got date datetime.date(2024, 1, 1) (unquoted, YAML reads it as "
+                           "a date; quote it to keep it as text)",
+    "concept-no-is-false.yaml": "concept: expected text, got bool False (unquoted, YAML reads it as true/false",
+    "concept-a-mapping.yaml": "concept: expected text, got dict {'name': 'Pip', 'also': 'Bobo'}",
+    "concept-huge-hex-int.yaml": "concept: expected text, got int <an integer of 20,000 bits> (unquoted, YAML reads it "
+                                 "as a number",
+    # Values a type's constructor cannot read (PyYAML lets a Python error through).
+    "concept-invalid-date.yaml": "line 2: '2024-13-45' cannot be read as !!timestamp (month must be in 1..12); quote "
+                                 "it to keep it as text",
+    "int-tag-not-a-number.yaml": "line 1: 'one' cannot be read as !!int (invalid literal for int() with base 10",
+    "csv-unbalanced-quote.csv": "header: expected the columns concept,kind (and optional anchor,alternative,method,"
+                                "reference_images,eval_prompts,paraphrases), got concept,kind\\nPip,instance (missing "
+                                "concept, kind)",
 }
 
 
+_ENTRY = "concepts:\n  - concept: Vasquez\n    kind: style\n"
+_OVER_YAML = _ENTRY + "#" * (4 << 20) + "\n"
+_OVER_CSV = "concept,kind\n" + "Vasquez,style\n" * 300_000
+# Cases too big to commit: each test writes its file into its own folder; checked like the files above.
+GENERATED = {
+    "over-size.yaml": (_OVER_YAML, f"{len(_OVER_YAML):,} bytes; expected a blocklist of at most 4,194,304 bytes"),
+    "over-size.csv": (_OVER_CSV, f"{len(_OVER_CSV):,} bytes; expected a blocklist of at most 4,194,304 bytes"),
+    "huge-concept.yaml": ("concepts:\n  - concept: " + "Vasquez " * 12_500 + "\n    kind: style\n",
+                          "entry 1 (Vasquez Vasquez Vasquez Vasquez Vasqu...): concept: expected text the model's "
+                          "tokenizer can encode whole, got concept 'Vasquez Vasquez"),
+    "huge-concept-invisible.yaml": ("concepts:\n  - concept: " + "a" * 100_000 + "\u200b\n    kind: style\n",
+                                    "concept: expected visible text, got U+200B ZERO WIDTH SPACE at position 100001"),
+    "huge-paraphrase-list.yaml": (_ENTRY + "    paraphrases:\n" + "      - in the manner of Vasquez\n" * 9_999
+                                  + '      - "navy\\edots"\n',
+                                  "paraphrases: expected visible text, got U+001B ESCAPE at position 5 in item 10000"),
+    "huge-paraphrase-mapping.yaml": (_ENTRY + "    paraphrases:\n" + "".join(f"      p{i}: x\n" for i in range(10_000)),
+                                     "paraphrases: expected a list of texts, got dict {'p0': 'x', 'p1': 'x', "),
+    "huge-kind.yaml": ("concepts:\n  - concept: Vasquez\n    kind: " + "x" * 100_000 + "\n",
+                       f"entry 1 (Vasquez): kind: expected one of {KINDS}, got 'xxxxxxxxxxxxxxxx"),
+    "huge-reference-path.yaml": ("concepts:\n  - concept: the midnight lantern poster\n    kind: memorized\n"
+                                 "    reference_images: [" + "a" * 100_000 + ".png]\n",
+                                 "reference_images: expected an existing image file, got 'aaaaaaaaaaaaaaa"),
+    "csv-huge-cell.csv": ("concept,kind\n" + "Vasquez" * 20_000 + ",style\n",
+                          "line 2: not valid CSV: field larger than field limit (131072)"),
+    # Thousands of problems: the first 50 are listed, then how many more.
+    "many-problems.yaml": ("concepts:\n" + "".join(f"  - {{concept: c{i}, kind: painter}}\n" for i in range(3000)),
+                           tuple(f"entry {i} (c{i - 1}): kind: expected one of {KINDS}, got 'painter'"
+                                 for i in range(1, 51)) + ("... and 2,950 more problems (the first 50 are listed "
+                                                           "above)",)),
+    # An explicit key (`? `): PyYAML refuses a plain key longer than 1024 characters.
+    "huge-field-name.yaml": (_ENTRY + "    ? " + "k" * 100_000 + "\n    : x\n",
+                             "entry 1 (Vasquez): kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...: unknown field 'kkkkk"),
+}
+CASES = {**EXPECTED, **{name: expected for name, (_, expected) in GENERATED.items()}}
+
+
 def _expected(name: str) -> tuple[str, ...]:
-    return EXPECTED[name] if isinstance(EXPECTED[name], tuple) else (EXPECTED[name],)
+    return CASES[name] if isinstance(CASES[name], tuple) else (CASES[name],)
 
 
 def _params(tmp_path: Path, blocklist: Path) -> Path:
@@ -91,22 +193,48 @@ def tokenizer():
 
 def test_every_malformed_file_is_in_the_table():
     files = {p.name for p in MALFORMED.iterdir()}
-    assert files - HELPERS == set(EXPECTED) and len(EXPECTED) >= 22
+    assert files - HELPERS == set(EXPECTED) and len(EXPECTED) >= 78
+    assert not files & set(GENERATED)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED) + sorted(GENERATED))
 def test_malformed_blocklist_gives_its_error_and_writes_nothing(name, tmp_path):
-    params = load_params(_params(tmp_path, MALFORMED / name))
+    path = MALFORMED / name
+    if name in GENERATED:
+        path = tmp_path / "input" / name
+        path.parent.mkdir()
+        path.write_text(GENERATED[name][0], encoding="utf-8")
+    params = load_params(_params(tmp_path, path))
     with pytest.raises(BlocklistError) as exc:
         ingest.run(params)
     message = str(exc.value)
     for line in _expected(name):
         assert line in message
-    # One problem per line, each naming the file.
+    # One problem per line, each naming the file; a huge value is previewed, never shown whole.
     lines = message.splitlines()
-    assert all(line.startswith(f"{MALFORMED / name}: ") for line in lines)
-    assert len(lines) == len(_expected(name))
-    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert len(lines) == len(_expected(name)) and len(message) < (10_000 if name == "many-problems.yaml" else 2000)
+    assert all(line.isprintable() for line in lines)  # an invisible character is named, not printed
+    written = {p.name for p in tmp_path.iterdir()} - {"input"}
+    assert written == {"params.yaml"}
+
+
+def test_an_anchor_bomb_fails_fast_with_a_short_message():
+    start = time.perf_counter()
+    with pytest.raises(BlocklistError) as exc:
+        load_blocklist(MALFORMED / "billion-laughs.yaml")
+    assert time.perf_counter() - start < 2
+    assert len(str(exc.value)) < 2000 and "line 5: anchor '&a'" in str(exc.value)
+
+
+def test_a_yaml_python_tag_is_never_constructed(tmp_path):
+    marker = tmp_path / "constructed"
+    path = tmp_path / "b.yaml"
+    path.write_text(f'concepts:\n  - concept: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:'
+                    f'pathlib.Path ["{marker}"]]\n    kind: style\n')
+    with pytest.raises(BlocklistError, match="could not determine a constructor for the tag"):
+        load_blocklist(path)
+    assert not marker.exists()
 
 
 # The stage command for a few representative files (each subprocess pays the imports: ~5-10 s).
@@ -159,7 +287,7 @@ def test_normalization_and_merging_of_identical_entries(tmp_path):
         "  - {concept: 'Ｖａｓｑｕｅｚ', kind: style}\n"  # full-width letters: NFKC makes them ASCII
         "  - {concept: 'vasquez', kind: ' Style '}\n"
         "  - {concept: 'Ｐｉｐ', kind: instance, anchor: '  circle', method: ' CA ',\n"
-        "     paraphrases: [\"a  yellow\\tcircle  with eyes\"]}\n")  # YAML double quotes: \t is a tab
+        "     paraphrases: [\"a  yellow\\u00a0circle  with eyes\"]}\n")  # a no-break space: NFKC makes it a space
     b = load_blocklist(path)
     assert [e.as_dict() for e in b.entries] == [
         {"concept": "Vasquez", "kind": "style"},
@@ -173,6 +301,19 @@ def test_normalization_and_merging_of_identical_entries(tmp_path):
                      "  - {concept: Pip, kind: instance, anchor: circle, method: ca,\n"
                      "     paraphrases: [a yellow circle with eyes]}\n")
     assert load_blocklist(plain).sha256 == b.sha256
+
+
+def test_a_folded_multi_line_name_reads_as_one_line(tmp_path):
+    """YAML folding (`>`, a long quoted value over two lines) yields spaces and a final newline: accepted.
+    A newline kept inside the name (`|`) is refused, as a tab is."""
+    path = tmp_path / "b.yaml"
+    path.write_text("concepts:\n  - concept: >\n      the midnight\n      lantern poster\n    kind: implicit\n"
+                    "  - concept: \"Vasquez,\n      the painter\"\n    kind: style\n")
+    assert [e.concept for e in load_blocklist(path).entries] == ["the midnight lantern poster", "Vasquez, the painter"]
+    path.write_text("concepts:\n  - concept: |\n      the midnight\n      lantern poster\n    kind: implicit\n")
+    with pytest.raises(BlocklistError, match=r"entry 1 \(the midnight\\nlantern poster\): concept: expected visible "
+                                             r"text, got U\+000A LINE FEED at position 13"):
+        load_blocklist(path)
 
 
 def test_to_concepts_and_the_json_round_trip(tmp_path):
@@ -211,3 +352,21 @@ def test_diff_added_removed_changed_unchanged():
                  "unchanged": []}  # Vasquez: its case changed
     assert diff(bl(v, p), bl(p, v)) == {"added": [], "removed": [], "changed": [], "unchanged": ["Vasquez", "Pip"]}
     assert diff(bl(v), None) == {"added": ["Vasquez"], "removed": [], "changed": [], "unchanged": []}
+
+
+def test_a_concept_with_an_invisible_character_is_refused_wherever_it_is_built():
+    """Concept itself refuses them (erasure erase builds Concepts from the command line, not a blocklist)."""
+    with pytest.raises(ValueError, match="text\n.*expected visible text, got U\\+200B ZERO WIDTH SPACE at position 3"):
+        Concept(text="Pi\u200bp", kind="instance")
+    with pytest.raises(ValueError, match="paraphrases\n.*item 2: expected visible text, got U\\+001B ESCAPE"):
+        Concept(text="Pip", kind="instance", paraphrases=("a yellow circle", "\x1b[1ma yellow circle"))
+    # Spaces and line ends around a name are trimmed (a YAML block value ends in one), not refused.
+    assert Concept(text=" Pip\n", kind="instance", anchor="\tcircle ").anchor == "circle"
+
+
+def test_previews_of_huge_values_stay_short_and_cheap():
+    start = time.perf_counter()
+    for value in (set(range(10**6)), b"x" * 10**7, ["x" * 10**7], {"k": list(range(10**6))}, "y" * 10**7):
+        assert len(preview(value)) <= 60
+    assert time.perf_counter() - start < 0.5
+    assert preview(set()) == "set()" and preview(frozenset({1})) == "{1}" and preview((1, "a")) == "(1, 'a')"

@@ -104,6 +104,41 @@ def test_impossible_combinations_exit_2_and_write_nothing(case, tiny_pipeline_di
     assert not out.exists() and not (tmp_path / "d.safetensors.work").exists()
 
 
+# A character a reader cannot see: named with its position, before any model is looked for (the
+# model given does not exist), the text quoted with the character escaped.
+INVISIBLE = {
+    "zero-width-space": (["-c", "Pi\u200bp", "--kind", "instance"],
+                         "--concept 'Pi\\u200bp': expected visible text, got U+200B ZERO WIDTH SPACE at position 3"),
+    "newline": (["-c", "Pi\np", "--kind", "instance"], "--concept 'Pi\\np': expected visible text, got U+000A LINE "
+                                                        "FEED at position 3"),
+    "escape-in-anchor": (["-c", "rex", "--kind", "object", "--method", "ca", "--anchor", "\x1b[31mdog"],
+                         "--concept 'rex': --anchor: expected visible text, got U+001B ESCAPE at position 1"),
+    "bidi-in-erase-from": (["-c", "rex", "--kind", "object", "--erase-from", "\u202egod"],
+                           "--erase-from: expected visible text, got U+202E RIGHT-TO-LEFT OVERRIDE at position 1"),
+    "markup-like": (["-c", "[/]", "--kind", "object", "--method", "ca", "--anchor", "[/]"],
+                    "anchor '[/]' equals the concept"),  # quoted as text, not read as rich markup
+}
+
+
+@pytest.mark.parametrize("case", INVISIBLE)
+def test_an_invisible_character_is_refused_before_any_model_is_loaded(case, tmp_path):
+    args, message = INVISIBLE[case]
+    res = _erase(tmp_path / "no-such-model", tmp_path / "d.safetensors", *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "no such folder" not in res.output
+    assert "Traceback" not in res.output and all(line.isprintable() for line in res.output.splitlines())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_invisible_character_is_refused_on_the_shipped_model(tmp_path):
+    """As the README writes the command (default model): refused before the miniworld loads."""
+    out = tmp_path / "d.safetensors"
+    res = runner.invoke(app, ["erase", "-c", "Vas\u200dquez", "--kind", "style", "--out", str(out), "--steps", "1"])
+    assert res.exit_code == 2, res.output
+    assert "--concept 'Vas\\u200dquez': expected visible text, got U+200D ZERO WIDTH JOINER at position 4" in res.output
+    assert "miniworld recipe" not in res.output and list(tmp_path.iterdir()) == []
+
+
 def test_ca_on_a_memorized_image_needs_a_description(tiny_pipeline_dir, tmp_path):
     ref = tmp_path / "ref.png"
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(ref)

@@ -3,6 +3,7 @@ and the release stage's entry point (exit 0 / 1 / 2)."""
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,10 +205,14 @@ def test_stage_entry_exits_1_on_a_failed_gate_and_2_on_bad_input(tmp_path):
     (tmp_path / "work" / "erase" / "delta.safetensors").write_bytes(b"not read: no gate passes")
     res = _stage(params_path)
     assert res.returncode == 1, res.stderr
-    assert "concept 'Pip' (instance) failed target_max: 0.22 > 0.10" in res.stderr
+    # The failed gate as a table (tests/test_console.py checks its columns): concept, gate, value, bound.
+    assert res.stderr.startswith("release refused: 1 gate failed")
+    assert re.search(r"^Pip +target_max +0\.22 +0\.10 +- +unknown", res.stderr, re.M), res.stderr
     report = json.loads((tmp_path / "work" / "release" / "report.json").read_text())
     assert report["passed"] is False and report["failures"] == ["concept 'Pip' (instance) failed target_max: "
                                                                 "0.22 > 0.10"]
+    assert [(r["concept"], r["gate"], r["value"], r["bound"]) for r in report["failed"]] == [("Pip", "target_max", 0.22,
+                                                                                            0.1)]
     assert "release_id" not in report and not (tmp_path / "releases").exists()
 
     (tmp_path / "work" / "erase" / "delta.safetensors").unlink()

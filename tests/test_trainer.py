@@ -136,7 +136,7 @@ def test_sequential_preservation_rows_keep_the_base_models_prediction(tiny_pipel
     real = esd.preservation_prompts
     monkeypatch.setattr(esd, "preservation_prompts",
                         lambda exclude, *a, **kw: excluded.append([c.text for c in exclude]) or real(exclude, *a, **kw))
-    settings = _settings(steps=3, lr=1e-2, mode="sequential",
+    settings = _settings(steps=8, lr=1e-2, mode="sequential",
                          options={"preserve_prompts": 4, "preserve_share": 0.5, "preserve_from": preserve_from})
     _erase(tiny_pipeline_dir, tmp_path / "work", settings, (CAT, DOG), tmp_path / "d.safetensors")
     # Toward the base model a prompt naming "cat" would bring it back; toward the current one it keeps it erased.

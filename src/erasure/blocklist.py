@@ -12,14 +12,17 @@ A CSV has the same fields as columns (a header row with at least concept,kind; l
 separated by `|`; empty cells mean absent).
 
 Every problem in a file is reported, one line each:
-`<file>: entry <i> (<concept>): <field>: expected ..., got ...`. Texts are normalized (unicode NFKC,
-whitespace collapsed), kind and method lower-cased; entries identical after that (concept compared
-case-insensitively) are merged, conflicting ones are an error.
+`<file>: entry <i> (<concept>): <field>: expected ..., got ...`. YAML is read strictly (strict_yaml: a key
+given twice, anchors and aliases are errors naming the line). A text holding a character a reader cannot
+see (zero-width, bidi control, ESC, NUL, a newline or tab inside it) is refused, naming the character and
+its position; then texts are normalized (unicode NFKC, whitespace collapsed), kind and method lower-cased;
+entries identical after that (concept compared case-insensitively) are merged, conflicting ones are an error.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import difflib
 import hashlib
 import io
@@ -28,10 +31,11 @@ import re
 import unicodedata
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
-from .concept import KINDS, Concept, ConceptError, Kind, check_encodable
+from . import strict_yaml
+from .concept import KINDS, Concept, ConceptError, Kind, check_encodable, hidden_character
+from .strict_yaml import invisible, preview
 
 FIELDS = ("concept", "kind", "anchor", "alternative", "method", "reference_images", "eval_prompts", "paraphrases")
 TEXT_FIELDS = ("concept", "kind", "anchor", "alternative", "method")
@@ -125,17 +129,34 @@ def _norm(text: str) -> str:
 
 
 def _show(value) -> str:
-    """How a found value is named in a message: its type and (shortened) value."""
+    """How a found value is named in a message: its type and (shortened) value, never its whole repr."""
     if value is None:
         return "nothing"
-    shown = repr(value)
-    return f"{type(value).__name__} {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    return f"{type(value).__name__} {preview(value)}"
+
+
+def _quote_hint(value) -> str:
+    """For a value found where text was expected: YAML reads an unquoted `2024-01-01`, `no` or `1.5` as
+    another type than text, so say how to keep it as text."""
+    read_as = ("true/false" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+               else "a date" if isinstance(value, datetime.date) else None)
+    return f" (unquoted, YAML reads it as {read_as}; quote it to keep it as text)" if read_as else ""
+
+
+def _label(text: str, limit: int = 40) -> str:
+    """A text as a message shows it: normalized, shortened, and with any character a reader cannot
+    see written as its escape (`Pi\\u200bp`), so the message shows where it is and prints safely."""
+    if hidden_character(text) is None:
+        shown = _norm(text)
+    else:
+        shown = "".join(c.encode("unicode_escape").decode() if invisible(c) else c for c in text.strip()[:limit])
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def _unknown(name, known: tuple[str, ...], what: str) -> str:
-    close = difflib.get_close_matches(str(name), known, n=1)
+    close = difflib.get_close_matches(str(name)[:100], known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(known)}"
-    return f"unknown {what} {str(name)!r}{hint}"
+    return f"unknown {what} {preview(str(name))}{hint}"
 
 
 def load_blocklist(path: Path | str, tokenizer=None) -> Blocklist:
@@ -148,7 +169,7 @@ def load_blocklist(path: Path | str, tokenizer=None) -> Blocklist:
     if not path.is_file():
         raise BlocklistError(f"{path}: no such blocklist file")
     if path.suffix.lower() not in SUFFIXES:
-        raise BlocklistError(f"{path}: unsupported file type {path.suffix!r}; expected {', '.join(SUFFIXES)}")
+        raise BlocklistError(f"{path}: unsupported file type {preview(path.suffix)}; expected {', '.join(SUFFIXES)}")
     text = _read_text(path)
     raw, problems = _read_csv(path, text) if path.suffix.lower() == ".csv" else _read_yaml(path, text)
 
@@ -168,17 +189,31 @@ def load_blocklist(path: Path | str, tokenizer=None) -> Blocklist:
         j, kept = first[key]
         differ = [f for f in FIELDS if f != "concept" and getattr(entry, f) != getattr(kept, f)]
         if not differ:
-            notes.append(f"entry {i} ({entry.concept}) repeats entry {j} ({kept.concept}): merged")
+            notes.append(f"entry {i} ({_label(entry.concept)}) repeats entry {j} ({_label(kept.concept)}): merged")
         else:
-            problems.append(f"{path}: entry {i} ({entry.concept}): concept: expected each concept once, got it again "
-                            f"with different {', '.join(differ)} (first at entry {j})")
+            problems.append(f"{path}: entry {i} ({_label(entry.concept)}): concept: expected each concept once, got it "
+                            f"again with different {', '.join(differ)} (first at entry {j})")
     if problems:
-        raise BlocklistError("\n".join(problems))
+        raise BlocklistError("\n".join(_at_most(path, problems)))
     return Blocklist(entries=tuple(entries), source=str(path), notes=tuple(notes))
+
+
+MAX_PROBLEMS = 50  # listed in one message; a file with thousands of bad rows is named, not printed whole
+
+
+def _at_most(path: Path, problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return problems[:MAX_PROBLEMS] + [f"{path}: ... and {len(problems) - MAX_PROBLEMS:,} more problems (the first "
+                                      f"{MAX_PROBLEMS} are listed above)"]
 
 
 def _read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size  # before reading: a huge file is refused without loading it
+        if size > strict_yaml.MAX_BYTES:
+            raise BlocklistError(f"{path}: {size:,} bytes; expected a blocklist of at most "
+                                 f"{strict_yaml.MAX_BYTES:,} bytes (is this the right file?)")
         data = path.read_bytes()
     except OSError as exc:
         raise BlocklistError(f"{path}: cannot read it ({exc.strerror})") from None
@@ -196,11 +231,9 @@ def _read_text(path: Path) -> str:
 def _read_yaml(path: Path, text: str) -> tuple[list, list[str]]:
     """The raw entries, and the file-level problems (when the entries cannot be read, they raise at once)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BlocklistError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        data = strict_yaml.load(text)
+    except strict_yaml.StrictYamlError as exc:
+        raise BlocklistError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise BlocklistError(f"{path}: top level: expected a mapping with a 'concepts' list, got {_show(data)}")
     problems = [f"{path}: {_unknown(k, TOP_LEVEL, 'top-level key')}" for k in data if k not in TOP_LEVEL]
@@ -219,7 +252,11 @@ def _read_yaml(path: Path, text: str) -> tuple[list, list[str]]:
 
 def _read_csv(path: Path, text: str) -> tuple[list, list[str]]:
     """The raw entries (one per row), and the problems of the header and the rows' shape."""
-    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in r)]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [r for r in reader if any(cell.strip() for cell in r)]
+    except csv.Error as exc:  # e.g. a cell over the csv module's limit of 131,072 characters
+        raise BlocklistError(f"{path}: line {reader.line_num}: not valid CSV: {exc}") from None
     if not rows:  # only separators and blanks
         raise BlocklistError(f"{path}: the file is empty; expected a header row (concept,kind,...) and one row "
                              "per concept")
@@ -227,18 +264,19 @@ def _read_csv(path: Path, text: str) -> tuple[list, list[str]]:
     missing = [c for c in ("concept", "kind") if c not in header]
     if missing:
         raise BlocklistError(f"{path}: header: expected the columns concept,kind (and optional "
-                             f"{','.join(FIELDS[2:])}), got {','.join(header)} (missing {', '.join(missing)})")
+                             f"{','.join(FIELDS[2:])}), got {_label(','.join(header), 200)} (missing "
+                             f"{', '.join(missing)})")
     if len(rows) == 1:
         raise BlocklistError(f"{path}: expected one row per concept after the header, got none")
     problems = [f"{path}: header: {_unknown(h, FIELDS, 'column')}" for h in header if h not in FIELDS]
-    problems += [f"{path}: header: expected each column once, got {h!r} {header.count(h)} times"
+    problems += [f"{path}: header: expected each column once, got {preview(h)} {header.count(h)} times"
                  for h in dict.fromkeys(header) if header.count(h) > 1]
     if problems:
-        raise BlocklistError("\n".join(problems))
+        raise BlocklistError("\n".join(_at_most(path, problems)))
     entries = []
     for i, row in enumerate(rows[1:], 1):
         if len(row) > len(header):
-            concept = _norm(row[header.index("concept")]) or "?"
+            concept = _label(row[header.index("concept")]) or "?"
             problems.append(f"{path}: entry {i} ({concept}): row: expected at most {len(header)} cells (one per "
                             f"column), got {len(row)}")  # still checked below, so later entries keep their numbers
         # Empty cells mean absent; list cells are split on '|' (empty parts, e.g. a trailing '|', dropped).
@@ -253,11 +291,10 @@ def _read_csv(path: Path, text: str) -> tuple[list, list[str]]:
 def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, list[str]]:
     """The normalized entry (None if it has problems) and its problems."""
     name = item.get("concept") if isinstance(item, dict) else None
-    name = (_norm(name) if isinstance(name, str) else "") or "?"
-    at = f"{path}: entry {i} ({name if len(name) <= 40 else name[:37] + '...'})"
+    at = f"{path}: entry {i} ({(_label(name) if isinstance(name, str) else '') or '?'})"
     if not isinstance(item, dict):
         return None, [f"{at}: expected a mapping of fields (concept, kind, ...), got {_show(item)}"]
-    errs = [f"{at}: {k}: {_unknown(k, FIELDS, 'field')}" for k in item if k not in FIELDS]
+    errs = [f"{at}: {_label(str(k))}: {_unknown(k, FIELDS, 'field')}" for k in item if k not in FIELDS]
 
     # Types, then normalization. An empty YAML value (None) means absent, as an empty CSV cell does.
     values: dict = {}
@@ -269,9 +306,11 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
             elif k == "kind":
                 errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got nothing")
         elif not isinstance(v, str):
-            errs.append(f"{at}: {k}: expected text, got {_show(v)}")
+            errs.append(f"{at}: {k}: expected text, got {_show(v)}{_quote_hint(v)}")
+        elif hidden := hidden_character(v):  # before normalizing, which would turn a newline or tab into a space
+            errs.append(f"{at}: {k}: expected visible text, got {hidden}")
         elif not _norm(v):
-            errs.append(f"{at}: {k}: expected non-empty text, got only whitespace {v!r}")
+            errs.append(f"{at}: {k}: expected non-empty text, got only whitespace {preview(v)}")
         else:
             values[k] = _norm(v).lower() if k in ("kind", "method") else _norm(v)
     for k in LIST_FIELDS:
@@ -284,7 +323,11 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
         bad = [(j, x) for j, x in enumerate(v, 1) if not isinstance(x, str) or not x.strip()]
         if bad:
             j, x = bad[0]
-            errs.append(f"{at}: {k}: expected a list of non-empty texts, got {_show(x)} as item {j}")
+            errs.append(f"{at}: {k}: expected a list of non-empty texts, got {_show(x)} as item {j}{_quote_hint(x)}")
+            continue
+        hidden = next(((j, h) for j, x in enumerate(v, 1) if (h := hidden_character(x))), None)
+        if hidden:
+            errs.append(f"{at}: {k}: expected visible text, got {hidden[1]} in item {hidden[0]}")
             continue
         if v:
             values[k] = tuple(x.strip() if k == "reference_images" else _norm(x) for x in v)
@@ -292,35 +335,39 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
     # Meaning.
     text, kind = values.get("concept"), values.get("kind")
     if kind is not None and kind not in KINDS:
-        errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        errs.append(f"{at}: kind: expected one of {', '.join(KINDS)}, got {preview(kind)}")
     if "method" in values:
         from .methods import METHODS  # imports torch: only when a method is named
 
         if values["method"] not in METHODS:
-            errs.append(f"{at}: method: expected one of {', '.join(METHODS)}, got {values['method']!r}")
+            errs.append(f"{at}: method: expected one of {', '.join(METHODS)}, got {preview(values['method'])}")
     for k in ("anchor", "alternative"):
         if text and k in values and values[k].casefold() == text.casefold():
-            errs.append(f"{at}: {k}: expected a concept other than the target itself, got {values[k]!r}")
+            errs.append(f"{at}: {k}: expected a concept other than the target itself, got {preview(values[k])}")
     if "anchor" in values and values["anchor"].casefold() in {p.casefold() for p in values.get("paraphrases", ())}:
-        errs.append(f"{at}: anchor: expected a concept other than the target's paraphrases, got {values['anchor']!r} "
-                    "(listed under paraphrases)")
+        errs.append(f"{at}: anchor: expected a concept other than the target's paraphrases, got "
+                    f"{preview(values['anchor'])} (listed under paraphrases)")
     refs = values.get("reference_images", ())
-    if kind == "memorized" and not refs:
+    if kind == "memorized" and not item.get("reference_images"):  # (a malformed list is reported above)
         errs.append(f"{at}: reference_images: expected the image file(s) a memorized concept must stop "
                     "reproducing, got none")
     if refs and kind in KINDS and kind != "memorized":
-        errs.append(f"{at}: reference_images: expected none for kind {kind!r} (only memorized concepts have "
+        errs.append(f"{at}: reference_images: expected none for kind {preview(kind)} (only memorized concepts have "
                     f"them), got {len(refs)} file(s)")
     elif refs:
         resolved = []
         for r in refs:
             f = (path.parent / r).resolve()  # relative to the blocklist's folder
             resolved.append(str(f))
-            if not f.is_file():
-                errs.append(f"{at}: reference_images: expected an existing image file, got {r!r}, which does not exist "
-                            f"(looked for {f})")
+            try:
+                missing = "does not exist" if not f.exists() else "is not a file" if not f.is_file() else None
+            except OSError as exc:  # a name too long for the file system, ...
+                missing = f"cannot be looked up ({exc.strerror})"
+            if missing:
+                errs.append(f"{at}: reference_images: expected an existing image file, got {preview(r)}, which "
+                            f"{missing} (looked for {preview(str(f), 200)})")
             elif not _is_image(f):
-                errs.append(f"{at}: reference_images: expected a readable image, got {r!r}, which is not one")
+                errs.append(f"{at}: reference_images: expected a readable image, got {preview(r)}, which is not one")
         values["reference_images"] = tuple(resolved)
 
     if tokenizer is not None:

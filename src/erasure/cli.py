@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .concept import KINDS
+from .report import console, name
 
 # Offline by default: this tool never needs the network to run on a local or shipped model.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,14 +26,16 @@ app = typer.Typer(help="Erase concepts from text-to-image diffusion models.", no
                   pretty_exceptions_enable=False, add_completion=False)
 miniworld_app = typer.Typer(help="The embedded miniature world and its shipped model.", no_args_is_help=True)
 app.add_typer(miniworld_app, name="miniworld")
-out = Console()
-err = Console(stderr=True)
+# At most 100 columns (report.WIDTH): tables stay whole in a log, and in a terminal up to its width.
+out = console()
+err = console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'miniworld', a local diffusers folder, or a hub id.")]
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message quotes the user's text, which is not markup (`-c "[/]"` used to crash rich)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -123,15 +127,24 @@ def detect(
     if as_json:
         print(json.dumps([{"file": str(f), **d.as_dict()} for f, d in zip(files, found)], indent=1))
         return
-    _print_detections([str(f) for f in files], found)
+    folders = {f.parent for f in files}
+    if len(folders) == 1:  # file names alone, under their folder: a long path cannot crowd the table
+        out.print(f"images in {folders.pop()}:", highlight=False)
+        _print_detections([f.name for f in files], found)
+    else:
+        _print_detections([str(f) for f in files], found)
 
 
 def _print_detections(names: list[str], found) -> None:
     from .detectors.miniworld import HEADS
 
-    table = Table("image", *HEADS, "copy of")
-    for name, d in zip(names, found):
-        table.add_row(name, *(d.labels[k] for k in HEADS), ", ".join(d.copies) or "-")
+    # Labels and copies never wrap; a long file name or prompt folds within its own column.
+    table = Table()
+    table.add_column("image", overflow="fold", min_width=16)
+    for header in (*HEADS, "copy of"):
+        table.add_column(header, no_wrap=True)
+    for image, d in zip(names, found):
+        table.add_row(Text(image), *(d.labels[k] for k in HEADS), ", ".join(d.copies) or "-")  # Text: no markup
     out.print(table)
 
 
@@ -305,7 +318,10 @@ def miniworld_concepts(as_json: Annotated[bool, typer.Option("--json", help="Pri
     if as_json:
         print(json.dumps(cat, indent=1))
         return
-    table = Table("kind", "name", "phrase", "anchor")
+    table = Table()
+    for header in ("kind", "name", "phrase"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("anchor")  # a memorized image's anchor is a whole prompt: it wraps
     for kind, items in cat.items():
         for c in items:
             table.add_row(kind, c["name"], c["phrase"], c["anchor"] or "-")
@@ -350,6 +366,7 @@ def miniworld_train(
     diffusion_steps: Optional[int] = None,
     decoder_steps: Optional[int] = None,
     implicit_steps: Optional[int] = None,
+    dataset_size: Annotated[Optional[int], typer.Option(min=1, help="World images rendered by the data phase.")] = None,
     base: Annotated[Optional[Path], typer.Option(
         help="Exported pipeline the implicit phases refine (default: the shipped one).")] = None,
     threads: int = 2,
@@ -362,7 +379,7 @@ def miniworld_train(
 
     cfg = TrainConfig(workdir=workdir, threads=threads)
     for name, value in (("vae_steps", vae_steps), ("diffusion_steps", diffusion_steps), ("decoder_steps", decoder_steps),
-                        ("implicit_steps", implicit_steps)):
+                        ("implicit_steps", implicit_steps), ("dataset_size", dataset_size)):
         if value is not None:
             setattr(cfg, name, value)
     if phase in ("implicit", "export-implicit") and base is not None and not (base / "model_index.json").is_file():
@@ -388,8 +405,9 @@ def miniworld_train_detector(
     steps: int = 2500,
     out_path: Annotated[Optional[Path], typer.Option("--out")] = None,
     threads: int = 2,
+    measure_images: Annotated[int, typer.Option(min=1, help="Fresh images the accuracy is measured on.")] = 2000,
 ):
-    """Train the miniworld concept detector and print its accuracy on 2,000 fresh images."""
+    """Train the miniworld concept detector and print its accuracy on fresh images (2,000 by default)."""
     import torch
 
     from .detectors import miniworld_train as mt
@@ -397,7 +415,7 @@ def miniworld_train_detector(
 
     torch.set_num_threads(threads)
     net = mt.train(out_path or WEIGHTS, steps=steps)
-    print(json.dumps(mt.measure(net), indent=1))
+    print(json.dumps(mt.measure(net, count=measure_images), indent=1))
 
 
 release_app = typer.Typer(help="Published releases of the pipeline.", no_args_is_help=True)
@@ -417,18 +435,49 @@ def release_show(
         print(json.dumps(info, indent=1))
         return
     out.print(f"release {info['release_id']} at {info['path']}\nrelease hash {info['release_hash']}")
-    # Narrow enough for an 80-column log; the gates by name are in --json and the model card.
-    table = Table("concept", "kind", "method")
-    table.add_column("target", no_wrap=True)
-    for header in ("cut", "neighbour\ndrop", "gates"):
+    # Narrow enough for an 80-column log; the gates by name are in --json and the model card. A long
+    # concept name is cut with an ellipsis, never wrapped a word per line.
+    table = Table()
+    table.add_column("concept", min_width=8, max_width=40)
+    for header in ("kind", "method", "target", "cut", "neighbour\ndrop", "gates"):
         table.add_column(header, no_wrap=True)
     for concept, m in info["concepts"].items():
         gates = [g for g in info["gates"] if g["concept"] == concept]
         failed = [g["gate"] for g in gates if not g["passed"]]
-        table.add_row(concept, m["kind"], m["method"], f"{m['target_before']:.2f} -> {m['target_after']:.2f}",
+        table.add_row(name(concept), m["kind"], m["method"], f"{m['target_before']:.2f} -> {m['target_after']:.2f}",
                       f"{m['target_reduction']:.0%}", f"{m['neighbour_max_drop']:.2f}",
                       f"FAIL: {', '.join(failed)}" if failed else f"{len(gates)}/{len(gates)} pass")
     out.print(table)
+
+
+@release_app.command("report")
+def release_report(
+    params_path: Annotated[Path, typer.Option("--params", help="The pipeline's params file.")] = Path("params.yaml"),
+    since: Annotated[Optional[float], typer.Option(
+        help="Only a report written at or after this Unix time (scripts/run.sh: its own run's).")] = None,
+):
+    """The gates of the last release stage run (<work>/release/report.json): a table of the failed
+    ones (the neighbour that fell, the phase that caused it), exit 1; or that all passed, exit 0."""
+    from .config import load_params
+    from .report import failed_gates, print_failed_gates
+
+    params = _guard(load_params, params_path)
+    path = params.paths.stage("release") / "report.json"
+    if not path.is_file():
+        _fail(f"{path}: no gate report; the release stage has not run")
+    if since is not None and path.stat().st_mtime < since:
+        _fail(f"{path}: written before this run; its release stage did not run")
+    try:
+        report = json.loads(path.read_text())
+        gates = report["gates"]
+    except (ValueError, KeyError, TypeError):
+        _fail(f"{path}: not a release stage report (expected JSON with 'gates'); rerun the release stage")
+    if report.get("passed"):
+        out.print(f"all {len(gates)} gates passed: release {report.get('release_id')}", highlight=False)
+        return
+    # Reports written before the table existed hold no "failed" rows: the gates alone still name them.
+    print_failed_gates(report.get("failed") or failed_gates(gates, {}, None), out)
+    raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

@@ -10,12 +10,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from .strict_yaml import invisible, preview
+
 KINDS = ("style", "object", "instance", "nudity", "memorized", "implicit")
 Kind = Literal["style", "object", "instance", "nudity", "memorized", "implicit"]
 
 
 class ConceptError(ValueError):
     """A concept that cannot be erased as asked (names the field and what was expected)."""
+
+
+# Trimmed from a name's edges, not refused: what YAML block scalars (`concept: >`) and CSV cells leave there.
+_EDGES = " \t\r\n"
+
+
+def hidden_character(text: str) -> str | None:
+    """The first character a reader cannot see inside `text` (zero-width, bidi control, ESC, a newline or
+    tab inside the name, ...), described with its position; None when every character shows."""
+    return invisible(text.strip(_EDGES))
 
 
 class Concept(BaseModel):
@@ -35,9 +47,21 @@ class Concept(BaseModel):
     def _clean(cls, v: str | None) -> str | None:
         if v is None:
             return None
+        hidden = hidden_character(v)  # on the raw text: collapsing whitespace would hide a newline or tab
+        if hidden:
+            raise ValueError(f"expected visible text, got {hidden}")
         v = " ".join(v.split())
         if not v:
             raise ValueError("must be non-empty text")
+        return v
+
+    @field_validator("anchor_prompts", "paraphrases")
+    @classmethod
+    def _visible(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, text in enumerate(v, 1):
+            hidden = hidden_character(text)
+            if hidden:
+                raise ValueError(f"item {i}: expected visible text, got {hidden}")
         return v
 
     @model_validator(mode="after")
@@ -58,15 +82,15 @@ def check_encodable(tokenizer, text: str, field: str = "concept") -> list[int]:
     """Token ids of `text` (without special tokens); raise if the tokenizer cannot encode it whole."""
     ids = tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
-        raise ConceptError(f"{field} {text!r}: the tokenizer encodes it as no tokens at all")
+        raise ConceptError(f"{field} {preview(text)}: the tokenizer encodes it as no tokens at all")
     unk = tokenizer.unk_token_id
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     if unk is not None and unk in ids or special & set(ids):
-        raise ConceptError(f"{field} {text!r}: the tokenizer maps part of it to an unknown/special token; "
+        raise ConceptError(f"{field} {preview(text)}: the tokenizer maps part of it to an unknown/special token; "
                            "expected text its vocabulary can spell")
     room = tokenizer.model_max_length - 2
     if len(ids) > room:
-        raise ConceptError(f"{field} {text!r}: {len(ids)} tokens, but prompts hold at most {room}")
+        raise ConceptError(f"{field} {preview(text)}: {len(ids)} tokens, but prompts hold at most {room}")
     return ids
 
 

@@ -59,7 +59,12 @@ LOADING = threading.Lock()
 
 def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    # Loading takes a second: its progress bars tell nothing, and arrive in logs as raw escape codes.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     target = resolve(spec)
     kwargs = dict(dtype=dtype, use_safetensors=True)
     try:

@@ -42,18 +42,25 @@ def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
     return out
 
 
+SIGN = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"}  # how a failed value compares
+
+
+def value_and_bound(gate: dict) -> tuple[str, str]:
+    """A gate's value and bound as text, with two decimals, or more where two would print "0.10 > 0.10"."""
+    digits = 2
+    while digits < 6 and f"{gate['value']:.{digits}f}" == f"{gate['bound']:.{digits}f}":
+        digits += 1
+    return f"{gate['value']:.{digits}f}", f"{gate['bound']:.{digits}f}"
+
+
 def failures(gates: list[dict]) -> list[str]:
     """One line per failed gate: "concept 'Pip' (instance) failed target_max: 0.22 > 0.10"."""
-    sign = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"}
     lines = []
     for g in gates:
         if g["passed"]:
             continue
-        digits = 2  # more only where two decimals would print "0.10 > 0.10"
-        while digits < 6 and f"{g['value']:.{digits}f}" == f"{g['bound']:.{digits}f}":
-            digits += 1
-        lines.append(f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}: {g['value']:.{digits}f} "
-                     f"{sign[g['gate']]} {g['bound']:.{digits}f}")
+        value, bound = value_and_bound(g)
+        lines.append(f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}: {value} {SIGN[g['gate']]} {bound}")
     return lines
 
 

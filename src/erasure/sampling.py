@@ -1,4 +1,4 @@
-"""Sampling with per-image seeds, a progress bar, and image grids.
+"""Sampling with per-image seeds, progress (erasure/progress.py), and image grids.
 
 Each image i gets its own generator seeded with `seed + i`, so an image does not depend on the
 batch it was drawn in, and any single image can be regenerated alone.
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+
+from .progress import Progress
 
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 5.0
@@ -22,7 +23,7 @@ def _run(pipe, prompts, seeds, steps, guidance, negative_prompt, batch_size, pro
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     out = []
-    with tqdm(total=len(prompts), desc=desc, unit="img", disable=not progress) as bar:
+    with Progress(len(prompts), desc, "img", enabled=progress) as bar:
         for s in range(0, len(prompts), batch_size):
             p, sd = prompts[s:s + batch_size], seeds[s:s + batch_size]
             gens = [torch.Generator("cpu").manual_seed(int(x)) for x in sd]

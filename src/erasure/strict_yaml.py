@@ -20,6 +20,7 @@ import unicodedata
 import yaml
 
 MAX_BYTES = 4 << 20  # a blocklist of thousands of concepts is well under 1 MB
+MAX_DEPTH = 100  # nesting levels; PyYAML's composer recurses per level (a few thousand '[' overflow its stack)
 
 
 class StrictYamlError(ValueError):
@@ -35,7 +36,29 @@ class _Loader(yaml.SafeLoader):
         if getattr(event, "anchor", None) is not None:
             raise StrictYamlError(f"line {event.start_mark.line + 1}: anchor '&{event.anchor}': anchors and aliases "
                                   "are not accepted; write the value out in full")
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise StrictYamlError(f"line {event.start_mark.line + 1}: values nested more than {MAX_DEPTH} "
+                                      "levels deep; expected a flatter document")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (StrictYamlError, yaml.YAMLError):
+            raise
+        except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as exc:
+            # A scalar its type's constructor cannot read (the date 2024-13-45, `!!int abc`, `!!bool x`, an
+            # integer of 5,000 digits): PyYAML lets the Python error through, with no line.
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            value = preview(node.value) if isinstance(node, yaml.ScalarNode) else "the value"
+            reason = ("not a value of that type" if isinstance(exc, (LookupError, AttributeError))
+                      else str(exc).split(";")[0])
+            raise StrictYamlError(f"line {node.start_mark.line + 1}: {value} cannot be read as {tag} ({reason}); "
+                                  "quote it to keep it as text") from None
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -66,6 +89,11 @@ def load(text: str):
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except StrictYamlError:
         raise
+    except yaml.reader.ReaderError as exc:  # its own text spans two lines and gives no line number
+        ch = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        line = text.count("\n", 0, exc.position) + 1
+        raise StrictYamlError(f"not valid YAML: line {line}: {_describe(ch)}: control characters are not allowed "
+                              "in a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -92,16 +120,18 @@ def preview(value, limit: int = 60) -> str:
                 if (i and not emit(", ")) or not walk(k) or not emit(": ") or not walk(x):
                     return False
             return emit("}")
-        if isinstance(v, (list, tuple)):
-            open_, close = ("[", "]") if isinstance(v, list) else ("(", ")")
+        if isinstance(v, (list, tuple)) or isinstance(v, (set, frozenset)) and v:  # an empty set reads set()
+            open_, close = {list: ("[", "]"), tuple: ("(", ")")}.get(type(v), ("{", "}"))
             if not emit(open_):
                 return False
             for i, x in enumerate(v):
                 if (i and not emit(", ")) or not walk(x):
                     return False
             return emit(close)
-        if isinstance(v, str) and len(v) > limit:
+        if isinstance(v, (str, bytes)) and len(v) > limit:
             return emit(repr(v[:limit + 1]))
+        if isinstance(v, int) and v.bit_length() > 10_000:  # repr: slow, then refused past 4,300 digits
+            return emit(f"<an integer of {v.bit_length():,} bits>")
         return emit(repr(v))
 
     walk(value)
@@ -114,12 +144,21 @@ def invisible(text: str) -> str | None:
 
     Control characters (ESC, NUL, newlines inside a name), format characters (zero-width
     space and joiners, bidi overrides, the byte-order mark) and line/paragraph separators are
-    what make two names look equal on screen and differ to the tokenizer.
+    what make two names look equal on screen and differ to the tokenizer; so do a few blank
+    letters and marks of other categories (_BLANK: the Hangul fillers, the braille blank, ...).
     """
     for i, ch in enumerate(text):
         cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn") and ch not in " ":
-            name = unicodedata.name(ch, "") or {"\x1b": "ESCAPE", "\n": "LINE FEED", "\t": "TAB",
-                                                "\r": "CARRIAGE RETURN", "\x00": "NULL"}.get(ch, "control character")
-            return f"U+{ord(ch):04X} {name} at position {i + 1}"
+        if cat in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn") and ch not in " " or ch in _BLANK:
+            return f"{_describe(ch)} at position {i + 1}"
     return None
+
+
+# Drawn as nothing, yet letters or marks by category (so not caught above): seen in faked names.
+_BLANK = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
+
+
+def _describe(ch: str) -> str:
+    name = unicodedata.name(ch, "") or {"\x1b": "ESCAPE", "\n": "LINE FEED", "\t": "TAB",
+                                        "\r": "CARRIAGE RETURN", "\x00": "NULL"}.get(ch, "control character")
+    return f"U+{ord(ch):04X} {name}"

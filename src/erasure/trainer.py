@@ -26,7 +26,6 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from . import methods as method_registry
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -37,6 +36,7 @@ from .frozen import FrozenOriginal
 from .io import atomic_file, save_safetensors
 from .methods.base import Bench, Options, Pool
 from .params import RULES, UNET_RULES, select_unet
+from .progress import Progress
 
 MAX_POOL = 512  # pool samples per concept by default (steps x batch when smaller)
 
@@ -141,7 +141,9 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         batch = d.batch_size if settings.batch_size is None else settings.batch_size
         jobs.append(Job(concept, name, rule, options, steps, d.lr if settings.lr is None else settings.lr, batch,
                         d.weight_decay if settings.weight_decay is None else settings.weight_decay,
-                        settings.pool_size if settings.pool_size is not None else min(steps * batch, MAX_POOL)))
+                        # A pool larger than the samples the steps draw is never used: capped (a short run
+                        # of a recipe with a large pool builds only what it trains on).
+                        min(settings.pool_size or MAX_POOL, steps * batch)))
     if base.mode == "joint":
         keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs}
         if len(keys) > 1:
@@ -217,7 +219,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         model.stop_gradient_first_token()
     if settings.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    bench = Bench(pipe, model, model_spec)
+    bench = Bench(pipe, model, model_spec, progress=progress)
     trainable = model.trainable()
     if keep_base:  # taken before a checkpoint's values are loaded: these are the base model's
         bench._base = FrozenOriginal(model, _base_values(model, trainable, pristine))
@@ -265,9 +267,10 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         model.set_trainable(set().union(*(names_by_rule[j.rule] for j in phase)))
         total = sum(j.steps for j in phase)
         t0 = time.time()
-        bar = tqdm(range(state["step"] if resuming else 0, total), desc=f"erasing {_label(phase)}",
-                   disable=not progress or not accelerator.is_local_main_process, unit="step")
-        for step in bar:
+        first = state["step"] if resuming else 0
+        bar = Progress(total, f"erasing {k + 1}/{len(phases)} {_label(phase)}", "step", initial=first,
+                       enabled=progress and accelerator.is_local_main_process)
+        for step in range(first, total):
             gen = torch.Generator().manual_seed(_seed(settings.seed, k, step))
             i = int(torch.randint(0, len(phase), (1,), generator=gen)) if len(phase) > 1 else 0
             job = phase[i]
@@ -279,7 +282,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["losses"].append(round(float(loss.detach()), 6))
-            bar.set_postfix(loss=f"{state['losses'][-1]:.4g}", concept=job.concept.text[:24])
+            bar.set_postfix(loss=f"{state['losses'][-1]:.4g}",
+                            concept=job.concept.text[:24] if len(phase) > 1 else None)  # joint: which one
+            bar.update()
             result.steps_run += 1
             state["phase"], state["step"] = k, step + 1
             if (step + 1) % settings.checkpoint_every == 0 and step + 1 < total:
@@ -287,6 +292,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             if budget is not None:
                 budget -= 1
                 if budget == 0:
+                    bar.close()
                     _checkpoint(accelerator, ckpt, trainable, optimizer, state, settings)
                     result.seconds_train += time.time() - t0
                     return _finish(result, state, model)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler
 
+from .progress import Progress
+
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -19,12 +21,14 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor, uncond: torch.Tensor,
                          stops: torch.Tensor, latent_shape: tuple[int, ...], guidance: float = 3.0,
                          num_steps: int = 50, generator: torch.Generator | None = None,
-                         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         noise: torch.Tensor | None = None,
+                         desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t and t for each sample; cond is (n, seq, dim) or (1, seq, dim), uncond (1, seq, dim).
 
     `eps(x, t, emb)` predicts noise for a batch at one timestep. Sample i runs classifier-free
     guided DDIM for `stops[i]` steps (0 <= stops[i] < num_steps); t is the timestep it reached.
-    The starting noise is drawn from `generator` unless given as `noise`.
+    The starting noise is drawn from `generator` unless given as `noise`. `desc`: show progress
+    (a pool's trajectories; in sample-steps, since a step costs as many samples as are still running).
     """
     n = len(stops)
     if int(stops.min()) < 0 or int(stops.max()) >= num_steps:
@@ -39,6 +43,7 @@ def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor,
     x = noise.clone() * sched.init_noise_sigma
     out_x = torch.empty_like(x)
     out_t = torch.empty(n, dtype=torch.long)
+    bar = Progress(int(stops.sum()), desc or "", "sample-step", enabled=desc is not None)
     for k, t in enumerate(sched.timesteps):
         reached = stops == k
         out_x[reached] = x[reached]
@@ -50,4 +55,6 @@ def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor,
         emb = torch.cat([uncond.expand(len(xa), *uncond.shape[1:]), cond[active]])
         e_u, e_c = eps(torch.cat([xa, xa]), t, emb).chunk(2)
         x[active] = sched.step(e_u + guidance * (e_c - e_u), t, xa).prev_sample
+        bar.update(len(xa))
+    bar.close()
     return out_x, out_t

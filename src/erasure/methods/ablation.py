@@ -69,7 +69,8 @@ class ConceptAblation:
                    gen: torch.Generator) -> Pool:
         prompts = anchor_prompts(concept, options.anchor_images, bench.model_spec,
                                  seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        z = bench.sample_latents(prompts, gen, options.anchor_steps, options.anchor_guidance, desc="anchor images")
+        z = bench.sample_latents(prompts, gen, options.anchor_steps, options.anchor_guidance,
+                                 desc=bench.desc(concept, "anchor images"))
         if concept.kind == "memorized":
             keep = _not_copies(bench, concept, z, options.copy_threshold)
             if not keep.any():

@@ -68,7 +68,8 @@ class AllButOne:
             rows, c_s, u_s, a_s = {}, c, u, a
         stops = torch.randint(0, options.ddim_steps, (size,), generator=gen)
         x, t = partial_trajectories(bench.eps, bench.scheduler_config, c_s, empty, stops, bench.latent_shape,
-                                    guidance=options.guidance, num_steps=options.ddim_steps, generator=gen)
+                                    guidance=options.guidance, num_steps=options.ddim_steps, generator=gen,
+                                    desc=bench.desc(concept, "trajectories"))
         e_u = bench.eps(x, t, u_s)
         e_alt = bench.eps(x, t, a_s) if concept.alternative else e_u
         return Pool(rows | {"x": x, "t": t, "guidance_target": e_alt - e_u, "uncond_target": e_u}, {"c": c, "u": u})

@@ -88,10 +88,16 @@ class Bench:
     run_concepts: tuple[Concept, ...] = ()
     # The concepts this phase erases (all of them in a joint run).
     phase_concepts: tuple[Concept, ...] = ()
+    # Pool building shows its progress (erasure/progress.py) unless the run shows none.
+    progress: bool = True
     _frozen: object = None
     # The base model's values of the trainable tensors, when the trainer keeps them (a sequential
     # run with preservation rows); None: the current weights are the base (joint runs, phase 0).
     _base: object = None
+
+    def desc(self, concept: Concept, what: str) -> str | None:
+        """The progress label of a pool's work on `concept`; None when the run shows no progress."""
+        return f"{concept.text[:20]}: {what}" if self.progress else None
 
     def snapshot_frozen(self) -> None:
         """Keep originals of the trainable tensors, for methods that need eps* while training."""
@@ -152,12 +158,13 @@ class Bench:
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
-                       desc: str = "sampling") -> torch.Tensor:
+                       desc: str | None = "sampling") -> torch.Tensor:
         """Images (as latents) of the current model for prompts, one seed per image drawn from gen."""
         from ..sampling import generate_latents
 
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=gen).tolist()
-        return generate_latents(self.pipe, prompts, seeds, steps=steps, guidance=guidance, desc=desc)
+        return generate_latents(self.pipe, prompts, seeds, steps=steps, guidance=guidance, desc=desc or "",
+                                progress=desc is not None)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:

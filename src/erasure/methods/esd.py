@@ -137,7 +137,8 @@ class ESD:
             sampled = "traj" if "traj" in conds else "train" if options.context_prompts else "c"
             x, t = partial_trajectories(bench.eps, bench.scheduler_config, _per_sample(conds, rows, sampled, size),
                                         empty, stops, bench.latent_shape, guidance=options.guidance,
-                                        num_steps=options.ddim_steps, generator=gen)
+                                        num_steps=options.ddim_steps, generator=gen,
+                                        desc=bench.desc(concept, "trajectories"))
         cs = {k: _per_sample(conds, rows, k, size) for k in ("c", "u", "base")}
         target = _target(bench.eps, x, t, cs["c"], cs["u"], cs["base"], options.eta)
         if options.preserve_prompts:
@@ -176,7 +177,7 @@ def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep
     stops = torch.randint(0, options.ddim_steps, (keep,), generator=gen)
     xq, tq = partial_trajectories(bench.eps, bench.scheduler_config, q[pick], bench.encode([""]), stops,
                                   bench.latent_shape, guidance=options.guidance, num_steps=options.ddim_steps,
-                                  generator=gen)
+                                  generator=gen, desc=bench.desc(concept, "preservation trajectories"))
     tq_target = (bench.base_eps if options.preserve_from == "base" else bench.eps)(xq, tq, q[pick])
     return Pool({"x": torch.cat([x, xq]), "t": torch.cat([t, tq]), "target": torch.cat([target, tq_target]),
                  "train_idx": torch.arange(len(x) + keep)}, {"train": torch.cat([train, q[pick]])})

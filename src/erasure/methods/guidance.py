@@ -34,7 +34,8 @@ def generate_with_baseline(pipe, baseline: str, concept: str, prompts: list[str]
 
 def _sld(pipe, concept, prompts, seeds, steps, guidance, batch_size, progress, knobs) -> np.ndarray:
     from diffusers import StableDiffusionPipelineSafe
-    from tqdm.auto import tqdm
+
+    from ..progress import Progress
 
     safe = StableDiffusionPipelineSafe(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                        unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
@@ -42,10 +43,12 @@ def _sld(pipe, concept, prompts, seeds, steps, guidance, batch_size, progress, k
     safe.set_progress_bar_config(disable=True)
     safe.safety_concept = concept
     out = []
-    for s in tqdm(range(0, len(prompts), batch_size), desc="sampling (SLD)", disable=not progress):
-        gens = [torch.Generator("cpu").manual_seed(int(x)) for x in seeds[s:s + batch_size]]
-        with torch.no_grad():
-            imgs = safe(prompt=prompts[s:s + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                        generator=gens, output_type="np", **knobs).images
-        out.append(np.clip(np.rint(np.asarray(imgs) * 255), 0, 255).astype(np.uint8))
+    with Progress(len(prompts), "sampling (SLD)", "img", enabled=progress) as bar:
+        for s in range(0, len(prompts), batch_size):
+            gens = [torch.Generator("cpu").manual_seed(int(x)) for x in seeds[s:s + batch_size]]
+            with torch.no_grad():
+                imgs = safe(prompt=prompts[s:s + batch_size], num_inference_steps=steps, guidance_scale=guidance,
+                            generator=gens, output_type="np", **knobs).images
+            out.append(np.clip(np.rint(np.asarray(imgs) * 255), 0, 255).astype(np.uint8))
+            bar.update(len(gens))
     return np.concatenate(out)

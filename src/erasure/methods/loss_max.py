@@ -45,7 +45,8 @@ class LossMax:
             base = anchor_prompts(concept, options.images, bench.model_spec,
                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             prompts = [target_prompt(concept, p, i) for i, p in enumerate(base)]
-        z = bench.sample_latents(prompts, gen, options.image_steps, options.image_guidance, desc="target images")
+        z = bench.sample_latents(prompts, gen, options.image_steps, options.image_guidance,
+                                 desc=bench.desc(concept, "target images"))
         distinct, c_idx = prompt_table(prompts)
         pick = torch.randint(0, len(z), (size,), generator=gen)
         x, t, noise = bench.noised(z[pick], gen)

@@ -35,7 +35,8 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     print(json.dumps({"stage": stage, **(summary if isinstance(summary, dict) else {"result": summary})},
                      default=str)[:2000])
     if isinstance(summary, dict) and summary.get("passed") is False:  # release: a gate failed
-        for line in summary.get("failures", []):
-            print(f"gate failed: {line}", file=sys.stderr)
+        from ..report import print_failed_gates
+
+        print_failed_gates(summary.get("failed") or [])
         return 1
     return 0

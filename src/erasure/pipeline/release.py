@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import PipelineParams
 from ..io import atomic_dir
 from ..release import check_gates, failures, publish
+from ..report import failed_gates
 from . import inputs
 
 
@@ -24,7 +25,9 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     if not delta.is_file():
         raise inputs.StageInputError(f"{delta}: missing; run the 'erase' stage first")
     gates = check_gates(metrics, params)
-    report = {"passed": all(g["passed"] for g in gates), "gates": gates, "failures": failures(gates)}
+    report = {"passed": all(g["passed"] for g in gates), "gates": gates, "failures": failures(gates),
+              # The failed gates with the neighbour that fell and the phase that caused it (the console's table).
+              "failed": failed_gates(gates, metrics, train, blocklist.get("entries") or [])}
     if report["passed"]:
         rid, path = publish(params, metrics=metrics, gates=gates, blocklist=blocklist, delta=delta, train=train)
         manifest = json.loads((path / "manifest.json").read_text())

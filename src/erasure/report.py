@@ -1,0 +1,136 @@
+"""What the console shows of a release's gates: each failed gate as a row naming the concept, the
+gate, its value and bound, the neighbour that fell (neighbour_max_drop) and the erasure phase that
+caused it; and consoles at most 100 columns wide, for every table the project prints.
+
+The phase: the erase stage reads no neighbour between its phases (train.json's `history` holds
+no readings), so a neighbour's fall is put on the last sequential phase whose concept names that
+neighbour (as its anchor, or in its text, alternative or paraphrases), or is said to be unknown;
+a target gate is put on the concept's own phase. A joint run has one phase for all concepts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+WIDTH = 100  # columns: logs and terminals wider than this still get tables this wide
+
+
+class GatesFailed(RuntimeError):
+    """A release refused by its gates, as the flow fails with it; carries the release stage's report."""
+
+    def __init__(self, report: dict):
+        failed = report.get("failures") or []
+        super().__init__(f"release refused, {len(failed)} gate{'s' if len(failed) != 1 else ''} failed: "
+                         + "; ".join(failed))
+        self.report = report
+
+    def __reduce__(self):  # pickled with its report (Prefect may persist a state's exception)
+        return type(self), (self.report,)
+
+
+def console(stderr: bool = False, file=None) -> Console:
+    """A rich Console as wide as the terminal up to WIDTH columns; WIDTH wide when not a terminal."""
+    probe = Console(stderr=stderr, file=file)
+    width = min(probe.width, WIDTH) if probe.is_terminal else WIDTH
+    return Console(stderr=stderr, file=file, width=width)
+
+
+def name(text: str) -> Text:
+    """A table cell for a name: on one line, cut with an ellipsis where its column is too narrow.
+    Its column stays wrappable, so that rich narrows it (not the numbers) when a table is too wide."""
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def failed_gates(gates: list[dict], metrics: dict, train: dict | None, entries: list[dict] = ()) -> list[dict]:
+    """One row per failed gate: concept, kind, gate, value, bound, neighbour ({name, before, after}
+    for neighbour_max_drop, else None) and phase (text).
+
+    `metrics`: evaluate's metrics.json (probes, summary, anchor per concept); `train`: erase's
+    train.json (mode, jobs in phase order); `entries`: the blocklist's (paraphrases, alternative)."""
+    named = {e["concept"]: e for e in entries}
+    spec = {c: {"text": c, "anchor": m.get("anchor"), "alternative": named.get(c, {}).get("alternative"),
+                "paraphrases": named.get(c, {}).get("paraphrases")} for c, m in metrics.get("concepts", {}).items()}
+    rows = []
+    for g in gates:
+        if g["passed"]:
+            continue
+        m = metrics.get("concepts", {}).get(g["concept"], {})
+        neighbour = _neighbour(m) if g["gate"] == "neighbour_max_drop" else None
+        rows.append({"concept": g["concept"], "kind": g["kind"], "gate": g["gate"], "value": g["value"],
+                     "bound": g["bound"], "neighbour": neighbour,
+                     "phase": _phase(g["concept"], neighbour and neighbour["name"], train or {}, spec)})
+    return rows
+
+
+def gate_table(rows: list[dict]) -> Table:
+    """The failed gates as a table that fits WIDTH columns (names are cut with an ellipsis, never wrapped)."""
+    from .release import value_and_bound
+
+    table = Table(title=f"release refused: {len(rows)} gate{'s' if len(rows) != 1 else ''} failed",
+                  title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  caption="phase: for a target, the concept's own erasure phase; for a neighbour, the last phase "
+                          "whose concept names it (the erase stage reads no neighbours between phases)",
+                  caption_justify="left")
+    table.add_column("concept", min_width=8, max_width=30)
+    table.add_column("gate", no_wrap=True)
+    table.add_column("value", no_wrap=True, justify="right")
+    table.add_column("bound", no_wrap=True, justify="right")
+    table.add_column("neighbour", min_width=12, max_width=22)
+    table.add_column("phase", min_width=12)
+    for r in rows:
+        value, bound = value_and_bound(r)
+        n = r["neighbour"]
+        fell = f"{n['name']}\n{n['before']:.2f} -> {n['after']:.2f}" if n else "-"
+        table.add_row(name(r["concept"]), r["gate"], value, bound, name(fell), name(r["phase"]))
+    return table
+
+
+def print_failed_gates(rows: list[dict], out: Console | None = None) -> None:
+    (out or console(stderr=True)).print(gate_table(rows))
+
+
+def _neighbour(m: dict) -> dict | None:
+    worst = (m.get("summary") or {}).get("worst_neighbour")  # summarize() reads neighbour: and anchor: probes
+    probes = m.get("probes") or {}
+    probe = probes.get(f"neighbour:{worst}") or probes.get(f"anchor:{worst}")
+    if worst is None or probe is None:
+        return None
+    return {"name": worst, "before": probe["before"], "after": probe["after"]}
+
+
+def _phase(concept: str, neighbour: str | None, train: dict, spec: dict[str, dict]) -> str:
+    """The phase a failed gate is put on (see the module's docstring), as the table shows it."""
+    jobs = train.get("jobs") or []  # one per sequential phase, in order
+    if not jobs:
+        return "unknown (train.json names no phases)"
+    if train.get("mode") == "joint":
+        return "unknown (joint run)" if neighbour else f"the joint phase (all {len(jobs)})"
+    n = len(jobs)
+    if neighbour is None:  # a target gate: the concept's own phase (its name is in the row already)
+        own = [k for k, j in enumerate(jobs) if j["concept"] == concept]
+        return f"{own[-1] + 1}/{n}, its own ({jobs[own[-1]]['method']})" if own else "unknown (not in train.json)"
+    for k in reversed(range(n)):
+        why = _names(spec.get(jobs[k]["concept"], {}), neighbour)
+        if why:
+            return f"{k + 1}/{n} {jobs[k]['concept']} ({jobs[k]['method']})\n{why}"
+    return "unknown\nno phase names it"
+
+
+def _names(c: dict, neighbour: str) -> str | None:
+    """How a phase's concept names the neighbour ("its anchor", "its text", ...), or None."""
+    word = re.compile(rf"(?<!\w){re.escape(_plain(neighbour))}(?!\w)")
+    fields = {"its anchor": [c.get("anchor")], "its text": [c.get("text")], "its alternative": [c.get("alternative")],
+              "its paraphrases": list(c.get("paraphrases") or [])}
+    for why, texts in fields.items():
+        if any(t and word.search(_plain(t)) for t in texts):
+            return why
+    return None
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[-_]+", " ", text.casefold())
