@@ -71,6 +71,10 @@ def _mlflow(params: PipelineParams):
     return mlflow
 
 
+def experiment_id(params: PipelineParams) -> str:
+    return _mlflow(params).get_experiment_by_name(params.tracking.experiment).experiment_id
+
+
 def review_url(base: str, experiment_id: str) -> str:
     """The experiment's runs table in `mlflow ui` (the model-training view, not the GenAI overview)."""
     return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

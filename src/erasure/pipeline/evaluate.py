@@ -93,7 +93,8 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         (tmp / "summary.json").write_text(json.dumps(_flat(metrics), indent=1, sort_keys=True))
     if track:  # after the folder is in place: MLflow's artifacts are copies of published files
-        from ..tracking import log_pipeline
+        from ..tracking import experiment_id as _experiment_id
+        from ..tracking import log_pipeline, review_url
 
         blocklist = inputs.read_json(params.paths.stage("ingest") / "blocklist.json", "ingest")
         previous, previous_metrics = _previous_release(params)
@@ -104,7 +105,8 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
         # Kept out of work/: run ids differ run to run, and releases must not.
         with atomic_file(params.paths.cache / "mlflow-run.json") as fh:
             json.dump({"run_id": run_id, "uri": params.tracking.uri, "experiment": params.tracking.experiment,
-                       "metrics_sha256": _sha256(out / "metrics.json"), "logged_ms": int(time.time() * 1000)}, fh)
+                       "metrics_sha256": _sha256(out / "metrics.json"), "logged_ms": int(time.time() * 1000),
+                       "review": review_url("", _experiment_id(params))}, fh)
     return metrics
 
 
