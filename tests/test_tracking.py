@@ -180,11 +180,15 @@ def test_the_release_loads_by_alias_from_a_moved_copy_of_the_store(tracked, tiny
     (tmp_path / "store").rename(tmp_path / "gone")  # nothing may still read the original
     shutil.rmtree(tmp_path / "r1")
     uri = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
-    assert relocate(uri, tmp_path / "store" / ARTIFACTS) > 0
-
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
+        with pytest.raises(Exception) as missing:  # the copy still names the original folder
+            mlflow.pyfunc.load_model("models:/erasure-release@production")
+        assert "MLmodel" in str(missing.value)  # nothing found where the database points
+        assert relocate(uri, tmp_path / "store" / ARTIFACTS) > 0
+        exp = mlflow.MlflowClient().get_experiment_by_name("test-erasure")
+        assert exp.artifact_location == (tmp_path / "elsewhere" / ARTIFACTS / "test-erasure").as_uri()
         model = mlflow.pyfunc.load_model("models:/erasure-release@production")
         images = model.predict(pandas.DataFrame({"prompt": ["a red circle", "a red circle"], "seed": [3, 3]}))
         again = model.predict(["a red circle"])

@@ -28,6 +28,7 @@ import re
 import sqlite3
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from .config import PipelineParams
@@ -317,8 +318,11 @@ def _copy_previous_grid(mlflow, client, previous: dict, concept: str, m: dict) -
     """The previous release's side-by-side grid of this concept, from its run, beside this one's."""
     if not previous.get("run_id"):
         return
-    runs = client.search_runs([client.get_run(previous["run_id"]).info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{previous['run_id']}'")
+    try:
+        runs = client.search_runs([client.get_run(previous["run_id"]).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{previous['run_id']}'")
+    except Exception:  # that run was deleted since: the delta table still compares the metrics
+        return
     old = next((r for r in runs if r.info.run_name == concept), None)
     name = Path(m["grids"].get("side_by_side", "")).name
     if old is None or not name:
@@ -414,19 +418,16 @@ def relocate(uri: str, old_root: str | Path) -> int:
     columns = {"experiments": ["artifact_location"], "runs": ["artifact_uri"], "logged_models": ["artifact_location"],
                "model_versions": ["source", "storage_location"]}
     changed = 0
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:  # one transaction, and the file closed after
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table, cols in columns.items():
             if table not in tables:
                 continue
             for col in cols:
                 for before, after in ((old.as_uri(), new.as_uri()), (str(old), str(new))):
+                    # Exact prefixes (LIKE would ignore case): the folder itself, or a path inside it.
                     cur = con.execute(f"UPDATE {table} SET {col} = ? || substr({col}, ?) "  # noqa: S608
-                                      f"WHERE {col} = ? OR {col} LIKE ? ESCAPE '\\'",
-                                      (after, len(before) + 1, before, _like_prefix(before + "/")))
+                                      f"WHERE {col} = ? OR substr({col}, 1, ?) = ?",
+                                      (after, len(before) + 1, before, len(before) + 1, before + "/"))
                     changed += cur.rowcount
     return changed
-
-
-def _like_prefix(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
