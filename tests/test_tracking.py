@@ -233,3 +233,19 @@ def test_the_side_by_side_grid_shows_each_reading(tmp_path):
     assert "_images" not in written["concepts"]["Pip"] and written == json.loads(json.dumps(metrics))
     for name in ("pip-before.png", "pip-after.png", "pip-side-by-side.png"):
         assert (tmp_path / "work" / "evaluate" / "grids" / name).is_file(), name
+
+
+def test_the_parent_run_starts_when_this_jobs_ingest_ran(tmp_path):
+    """ingest records the job's start in the cache; a record older than the last run logged is an
+    earlier job's (DVC skipped an up-to-date ingest), and the run then starts now."""
+    from erasure.pipeline.evaluate import JOB_START, _job_start
+
+    params = PipelineParams()
+    params.paths.cache = tmp_path
+    assert _job_start(params) is None
+    (tmp_path / JOB_START).write_text(json.dumps({"start_ms": 2_000}))
+    assert _job_start(params) == 2_000
+    (tmp_path / "mlflow-run.json").write_text(json.dumps({"run_id": "r", "logged_ms": 1_000}))
+    assert _job_start(params) == 2_000
+    (tmp_path / "mlflow-run.json").write_text(json.dumps({"run_id": "r", "logged_ms": 3_000}))
+    assert _job_start(params) is None
