@@ -206,8 +206,12 @@ def test_the_release_loads_by_alias_from_a_moved_copy_of_the_store(tracked, tiny
 def test_the_side_by_side_grid_shows_each_reading(tmp_path):
     """Per prompt: base and erased image, the judge's reading under each (a sighting after erasure in
     red), the prompt under the pair; and the evaluate stage writes it beside the other grids."""
-    from erasure.pipeline.evaluate import write
+    from erasure.pipeline.evaluate import _judged, write
     from erasure.sampling import side_by_side
+
+    assert _judged({"head": "instance", "label": "Pip"}) == "'Pip'"
+    assert _judged({"head": "copy", "label": "@garden-gate"}) == "a copy of 'garden-gate'"
+    assert _judged({"head": "copy", "label": "/data/blocklists/images/lantern.png"}) == "a copy of 'lantern.png'"
 
     rng = np.random.default_rng(0)
     before, after = (rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8) for _ in range(2))

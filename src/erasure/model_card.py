@@ -20,6 +20,12 @@ ALREADY_ABSENT = 0.05
 JUDGE = {"miniworld": "the miniworld's own detector (a classifier trained on the miniworld's renders)"}
 
 
+def probe_order(name: str) -> tuple:
+    """Probes in reading order: the target first, its variants, then the concepts that must stay."""
+    kind = name.split(":", 1)[0]
+    return ({"target": 0, "named": 1, "paraphrase": 2, "misspelling": 3}.get(kind, 4), name)
+
+
 def _f(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -109,7 +115,7 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
            "| concept | kind | method | probe | example prompt | before | after | note |",
            "|---|---|---|---|---|---|---|---|"]
     for c, m in concepts.items():
-        for p, v in m["probes"].items():
+        for p, v in sorted(m["probes"].items(), key=lambda x: probe_order(x[0])):
             note = "already absent before: proves nothing" if (c, p) in absent else ""
             prompt = _cell(v.get("example_prompt", ""))
             out.append(f"| {_cell(c)} | {m['kind']} | {m['method']} | {_cell(p)} | {prompt} "

@@ -94,7 +94,7 @@ def load_images(paths: list[Path]) -> tuple[list[Path], np.ndarray]:
 def side_by_side(before: np.ndarray, after: np.ndarray, prompts: list[str], readings: dict[str, list[bool]],
                  label: str, title: str, cols: int = 4, zoom: int = 4) -> Image.Image:
     """Before/after pairs for the review: per prompt the base model's image beside the erased one, each
-    with the judge's reading under it (whether it sees `label`), and the prompt under the pair."""
+    with the judge's reading under it (whether it sees `label`, e.g. "'Pip'"), and the prompt under the pair."""
     import textwrap
 
     from PIL import ImageDraw, ImageFont
@@ -111,7 +111,7 @@ def side_by_side(before: np.ndarray, after: np.ndarray, prompts: list[str], read
     canvas = Image.new("RGB", (pad + cols * (pair_w + pad), head_h + rows * (ih + cap_h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 8), title, fill="black", font=font)
-    draw.text((pad, 27), f"left: base model, right: erased; under each: does the judge see {label!r}?",
+    draw.text((pad, 27), f"left: base model, right: erased; under each: does the judge see {label}?",
               fill=(90, 90, 90), font=small)
     for i in range(n):
         r, c = divmod(i, cols)

@@ -128,7 +128,9 @@ def _gates_note(concept: str, gates: list[dict], previous: dict | None) -> str:
 def _comparison(old: dict, new: dict) -> list[dict]:
     """One row per probe and summary figure both runs have: previous, now, now - previous."""
     rows = []
-    for p in sorted(set(old.get("probes", {})) | set(new.get("probes", {}))):
+    from .model_card import probe_order
+
+    for p in sorted(set(old.get("probes", {})) | set(new.get("probes", {})), key=probe_order):
         for when in ("before", "after"):
             a, b = old.get("probes", {}).get(p, {}).get(when), new.get("probes", {}).get(p, {}).get(when)
             rows.append({"metric": f"{p} {when}", "previous": a, "now": b,

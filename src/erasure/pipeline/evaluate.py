@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -58,7 +59,14 @@ def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector)
                       "side_by_side": f"grids/{s}-side-by-side.png"},
             "_images": {"before": before[name][:k], "after": after[name][:k], "prompts": target["prompts"][:k],
                         "readings": {w: hits[name][w][:k].tolist() for w in ("before", "after")},
-                        "label": target["label"].lstrip("@")}}
+                        "label": _judged(target)}}
+
+
+def _judged(probe: dict) -> str:
+    """What the judge looks for on a probe, for the grid: "'Pip'", "a copy of 'midnight-lantern.png'"."""
+    if probe["head"] == "copy":
+        return f"a copy of '{Path(probe['label'].lstrip('@')).name}'"
+    return f"'{probe['label']}'"
 
 
 def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
