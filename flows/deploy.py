@@ -17,9 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prefect.schedules import Cron  # noqa: E402
-from release_flow import release_flow  # noqa: E402
-
-from erasure.config import load_params  # noqa: E402
+from release_flow import checked_params, exit_with, release_flow  # noqa: E402
 
 
 def main() -> None:
@@ -28,8 +26,12 @@ def main() -> None:
     ap.add_argument("--cron", help="cron expression (default: schedule.cron in params.yaml)")
     ap.add_argument("--name", default="nightly-blocklist")
     args = ap.parse_args()
-    schedule = load_params(args.params).schedule
-    release_flow.serve(name=args.name, schedules=[Cron(args.cron or schedule.cron, timezone=schedule.timezone)],
+    schedule = checked_params(args.params).schedule
+    try:  # a --cron of the command line is checked here, as Prefect will read it, before serving
+        cron = Cron(args.cron or schedule.cron, timezone=schedule.timezone)
+    except ValueError as exc:
+        exit_with([f"{'--cron' if args.cron else f'{args.params}: schedule.cron'}: {exc}"])
+    release_flow.serve(name=args.name, schedules=[cron],
                        parameters={"params_path": args.params}, tags=["erasure"],
                        limit=1)  # runs share work/ and the erase work folder: one at a time
 

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from erasure.config import PipelineParams, load_params  # noqa: E402
+from erasure.config import ParamsError, PipelineParams, load_params  # noqa: E402
 from erasure.pipeline import anchors as anchors_stage  # noqa: E402
 from erasure.pipeline import erase as erase_stage  # noqa: E402
 from erasure.pipeline import evaluate as evaluate_stage  # noqa: E402
@@ -144,11 +144,37 @@ def release_flow(params_path: str = "params.yaml") -> dict:
     return report
 
 
+def checked_params(path: str) -> PipelineParams:
+    """The params file validated whole (its blocklist and model present) before a flow or server
+    starts: on a mistake, its lines as `error: ...` and exit code 2."""
+    from erasure.models import ModelLoadError, source_folder
+
+    try:
+        params = load_params(path)
+    except ParamsError as exc:
+        exit_with(exc.lines)
+    if not params.paths.blocklist.is_file():
+        exit_with([f"{path}: paths.blocklist: no such file {params.paths.blocklist}"])
+    try:
+        source_folder(params.model)  # a folder, or a hub id's snapshot in the local cache: no download
+    except ModelLoadError as exc:
+        exit_with([f"{path}: model: {exc}"])
+    return params
+
+
+def exit_with(lines: list[str]) -> None:
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
+    path = ap.parse_args().params
+    checked_params(path)
     try:
-        report = release_flow(ap.parse_args().params)
+        report = release_flow(path)
     except GatesFailed as exc:
         print_failed_gates(exc.report["failed"])
         sys.exit(1)

@@ -38,8 +38,9 @@ recorded, rebuilt = outs(sys.argv[1]), outs(sys.argv[2])
 for path in sorted(recorded):
     same = recorded[path] == rebuilt.get(path)
     print(f"{'same' if same else 'DIFFERENT':9}  {path}  recorded {recorded[path]}  rebuilt {rebuilt.get(path)}")
-print("(expected to differ: timing.json holds wall-clock times, work/ingest the diff against the "
-      "releases present where it ran, report.json the release's path and its code version)")
+print("(expected to differ: timing.json holds wall-clock times, losses.json only the phases not taken from "
+      "the phase cache, work/ingest the diff against the releases present where it ran, report.json the "
+      "release's path and its code version)")
 weights = "work/erase/delta.safetensors"
 ok = recorded.get(weights) is not None and recorded[weights] == rebuilt.get(weights)
 print(f"weights {'identical' if ok else 'NOT identical'}: {weights}")

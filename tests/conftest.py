@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # Tests never touch the network: the hub is unreachable where this project is built.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,8 +12,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
-def build_tiny_pipeline(path):
-    """A tiny, randomly initialised Stable Diffusion pipeline saved as a diffusers folder."""
+def build_tiny_pipeline(path, safe_serialization=True):
+    """A tiny, randomly initialised Stable Diffusion pipeline saved as a diffusers folder
+    (`safe_serialization=False`: with pickled `.bin` weights only, which loading must refuse)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from tokenizers import pre_tokenizers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -39,6 +41,14 @@ def build_tiny_pipeline(path):
                                    scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(str(path), safe_serialization=True)
+    if not safe_serialization:  # transformers writes safetensors whatever it is told: pickle by hand
+        from safetensors.torch import load_file
+
+        pickled = {"model.safetensors": "pytorch_model.bin",
+                   "diffusion_pytorch_model.safetensors": "diffusion_pytorch_model.bin"}
+        for st in sorted(Path(path).rglob("*.safetensors")):
+            torch.save(load_file(str(st)), st.with_name(pickled[st.name]))
+            st.unlink()
     return path
 
 

@@ -61,7 +61,7 @@ def main() -> None:
     from accelerate.state import AcceleratorState
 
     from erasure.concept import Concept
-    from erasure.models import load_pipeline
+    from erasure.models import load_pipeline, weights_hash
     from erasure.params import select_unet
     from erasure.trainer import EraseSettings, erase, plan
 
@@ -73,7 +73,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     result = erase(pipe, jobs, settings, args.out / "work", out=args.out / "delta.safetensors",
-                   model_spec="tiny", progress=False)
+                   model_spec="tiny", base_hash=weights_hash(args.pipe), progress=False)
     seconds = time.time() - t0
 
     state = AcceleratorState()

@@ -313,6 +313,7 @@ def test_the_flow_fails_naming_the_gates_and_its_command_prints_the_table(monkey
         raise GatesFailed(report)
 
     monkeypatch.setattr(flow, "release_flow", refused)
+    monkeypatch.setattr(flow, "checked_params", lambda path: None)  # main()'s params check (test_params_file.py)
     monkeypatch.setattr(sys, "argv", ["release_flow.py"])
     with pytest.raises(SystemExit) as exit_:
         flow.main()

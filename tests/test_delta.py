@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,10 +83,10 @@ def test_delta_refuses_another_base(tiny_pipeline_dir, tmp_path):
 def test_delta_shape_and_name_mismatch(tiny_pipeline_dir):
     pipe = load_pipeline(str(tiny_pipeline_dir))
     with pytest.raises(DeltaError, match="no counterpart"):
-        apply_delta(pipe, {"unet.nope.weight": torch.zeros(1)}, {}, None)
+        apply_delta(pipe, {"unet.nope.weight": torch.zeros(1)}, {"base_hash": "h"}, None)
     name, p = next(iter(pipe.unet.named_parameters()))
     with pytest.raises(DeltaError, match="shape"):
-        apply_delta(pipe, {f"unet.{name}": torch.zeros(p.numel() + 1)}, {}, None)
+        apply_delta(pipe, {f"unet.{name}": torch.zeros(p.numel() + 1)}, {"base_hash": "h"}, None)
 
 
 def test_corrupt_or_foreign_delta_files(tmp_path):
@@ -107,3 +109,90 @@ def test_same_delta_same_bytes(tiny_pipeline_dir, tmp_path):
     for name in ("a", "b"):
         save_delta(tmp_path / name, delta, method="ca", params={"x": 1}, concepts=[], base_hash="h")
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+def _raw_delta(path, tensors, **meta):
+    """A delta file written by hand (as a foreign or damaged tool would), bypassing save_delta's checks."""
+    from safetensors.torch import save_file
+
+    from erasure.delta import FORMAT
+
+    meta = {"format": FORMAT, "method": "esd", "params": {}, "concepts": []} | meta
+    save_file(tensors, str(path), metadata={"erasure": json.dumps(meta)})
+    return path
+
+
+def test_a_delta_without_its_base_hash_is_refused_on_load_apply_export_and_save(tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    delta = _changed(pipe)
+    for name, meta in (("none.safetensors", {}), ("empty.safetensors", {"base_hash": ""})):
+        path = _raw_delta(tmp_path / name, delta, **meta)
+        with pytest.raises(DeltaError, match=rf"{name} has no base_hash; it cannot be checked against a model"):
+            load_delta(path)
+        res = CliRunner().invoke(app, ["export", "--model", str(tiny_pipeline_dir), "--delta", str(path),
+                                       "--out", str(tmp_path / "out")])
+        assert res.exit_code == 2 and "has no base_hash" in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(DeltaError, match="has no base_hash"):
+        apply_delta(pipe, delta, {"method": "esd"}, weights_hash(tiny_pipeline_dir))
+    with pytest.raises(DeltaError, match="base_hash"):
+        save_delta(tmp_path / "new.safetensors", delta, method="esd", params={}, concepts=[], base_hash="")
+    assert not (tmp_path / "new.safetensors").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_delta_with_a_non_finite_value_is_refused_on_load_apply_export_and_save(bad, tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    delta = _changed(pipe)
+    key = sorted(delta)[1]
+    delta[key].view(-1)[3] = bad
+    base = weights_hash(tiny_pipeline_dir)
+    path = _raw_delta(tmp_path / "d.safetensors", delta, base_hash=base)
+    with pytest.raises(DeltaError, match=rf"d.safetensors: tensor '{key}' holds 1 NaN or infinite value"):
+        load_delta(path)
+    res = CliRunner().invoke(app, ["export", "--model", str(tiny_pipeline_dir), "--delta", str(path),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and key in res.output and "NaN or infinite" in res.output, res.output
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DeltaError, match=key):
+        apply_delta(pipe, delta, {"base_hash": base}, base)
+    with pytest.raises(DeltaError, match=rf"not saved: tensor '{key}'"):
+        save_delta(tmp_path / "new.safetensors", delta, method="esd", params={}, concepts=[], base_hash=base)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.safetensors"]
+
+
+def _unwritable(tmp_path):
+    """Places no one can write to, root included (permission bits do not stop root): below a
+    regular file, and (on Linux) inside /proc."""
+    (tmp_path / "a-file").write_text("not a folder")
+    places = [(tmp_path / "a-file" / "sub", "a-file is a file, not a folder")]
+    if os.path.isdir("/proc/self"):
+        places.append((Path("/proc"), "cannot create files in /proc"))
+    return places
+
+
+def test_export_to_an_unwritable_place_is_one_error_before_any_work(tiny_pipeline_dir, tmp_path):
+    for parent, why in _unwritable(tmp_path):
+        out = parent / "export"
+        # The delta named does not exist: the --out check comes first, before anything is read.
+        res = CliRunner().invoke(app, ["export", "--model", str(tiny_pipeline_dir), "--delta",
+                                       str(tmp_path / "missing.safetensors"), "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        assert f"--out {out}: cannot write there: " in res.output and why in res.output, res.output
+        assert "Traceback" not in res.output and "missing.safetensors" not in res.output
+    res = CliRunner().invoke(app, ["export", "--model", str(tiny_pipeline_dir), "--delta",
+                                   str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "a-file")])
+    assert res.exit_code == 2 and "a-file is a file; expected the folder" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_erase_to_an_unwritable_place_is_one_error_before_any_training(tiny_pipeline_dir, tmp_path):
+    common = ["erase", "--model", str(tiny_pipeline_dir), "--concept", "cat", "--kind", "style", "--steps", "1"]
+    for parent, why in _unwritable(tmp_path):
+        for flag, args in (("--out", ["--out", str(parent / "d.safetensors")]),
+                           ("--workdir", ["--out", str(tmp_path / "d.safetensors"), "--workdir", str(parent / "w")])):
+            res = CliRunner().invoke(app, [*common, *args])
+            assert res.exit_code == 2, res.output
+            assert f"{flag} {parent}" in res.output and "cannot write there" in res.output and why in res.output
+            assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no workdir, no delta

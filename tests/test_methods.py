@@ -10,7 +10,7 @@ from erasure.concept import Concept, ConceptError, check_encodable, content_toke
 from erasure.delta import load_delta
 from erasure.editable import EditableModel
 from erasure.methods.base import Bench
-from erasure.models import load_pipeline
+from erasure.models import load_pipeline, weights_hash
 from erasure.trainer import EraseSettings, check_prompts, erase, plan
 
 # Short anchor prompts: the tiny tokenizer spells one byte per token and holds 62, so the generic
@@ -243,7 +243,7 @@ def test_embedding_rule_changes_only_the_target_token_rows(tiny_pipeline_dir, tm
     settings = EraseSettings(method="esd", rule="embedding", options={"ddim_steps": 4}, steps=3, lr=1e-2,
                              pool_size=SIZE)
     erase(pipe, plan([Concept(text="cat", kind="style")], settings), settings, tmp_path / "work",
-          tmp_path / "d.safetensors", model_spec="tiny", progress=False)
+          tmp_path / "d.safetensors", model_spec="tiny", base_hash=weights_hash(tiny_pipeline_dir), progress=False)
     tensors, _ = load_delta(tmp_path / "d.safetensors")
     assert list(tensors) == [key]  # the embedding table only, no UNet tensor
     weight = tensors[key]
@@ -311,7 +311,7 @@ def test_bf16_and_gradient_checkpointing_run(tiny_pipeline_dir, tmp_path):
     settings = EraseSettings(method="esd", steps=2, pool_size=SIZE, lr=1e-3, mixed_precision="bf16",
                              gradient_checkpointing=True, options={"ddim_steps": 4})
     res = erase(pipe, plan([Concept(**CAT)], settings), settings, tmp_path / "w", tmp_path / "d.safetensors",
-                model_spec="tiny", progress=False)
+                model_spec="tiny", base_hash=weights_hash(tiny_pipeline_dir), progress=False)
     assert res.steps_run == 2 and all(np.isfinite(res.losses))
     tensors, _ = load_delta(tmp_path / "d.safetensors")
     assert all(v.dtype == torch.float32 for v in tensors.values())  # weights stay fp32 (autocast)

@@ -170,6 +170,25 @@ def test_publish_is_atomic_repoints_latest_and_is_shown(release_inputs, tmp_path
     assert res.exit_code == 0 and rid_a in res.output and "Pip" in res.output
 
 
+def test_publish_removes_a_killed_publishs_staging_but_never_a_live_ones(release_inputs):
+    from erasure.io import owner_tag
+
+    params, inputs = release_inputs
+    releases = params.paths.releases
+    host = owner_tag().rsplit("-", 1)[0]
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid now names no process: what a killed run leaves
+    stale = [releases / f".staging-{host}-{proc.pid}-0123456789ab",
+             releases / f"..staging-{host}-{proc.pid}-ba9876543210.tmp-{host}-{proc.pid}-x1y2z3"]
+    live = releases / f".staging-{owner_tag()}-aaaaaaaaaaaa"  # a concurrent publish in this process
+    for d in (*stale, live):
+        d.mkdir(parents=True)
+        (d / "MODEL_CARD.md").write_text("half")
+    rid, folder = publish(params, gates=check_gates(inputs["metrics"], params), **inputs)
+    assert sorted(p.name for p in releases.iterdir()) == sorted([rid, "LATEST", live.name])
+    assert (live / "MODEL_CARD.md").read_text() == "half" and (folder / "manifest.json").is_file()
+
+
 def test_release_show_without_a_release_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["release", "show", "--releases", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no release yet" in res.output
@@ -251,8 +270,8 @@ def test_stage_publishes_registers_and_logs_the_gates(release_inputs, tmp_path):
     written = json.loads((tmp_path / "work" / "release" / "report.json").read_text())
     assert written["release_hash"] == report["release_hash"] == json.loads((folder / "manifest.json").read_text())[
         "release_hash"]
-    v = client.get_model_version_by_alias("erasure-release", "production")
-    assert report["registry"] == {"name": "erasure-release", "version": str(v.version), "alias": "production"}
+    v = client.get_model_version_by_alias("miniworld-erased", "production")
+    assert report["registry"] == {"name": "miniworld-erased", "version": str(v.version), "alias": "production"}
     assert v.run_id == parent and v.tags["release_hash"] == report["release_hash"]
     run = client.get_run(parent)
     assert run.data.metrics["gates_passed"] == 1.0 and run.data.tags["release_hash"] == report["release_hash"]
@@ -274,3 +293,48 @@ def test_the_release_stage_tracks_only_the_mlflow_run_that_logged_these_metrics(
     assert _parent_run(params, {}, metrics_path) == "r1"
     metrics_path.write_text('{"concepts": {"other": {}}}')
     assert _parent_run(params, {}, metrics_path) is None
+
+
+def test_a_concept_whose_kind_has_no_gate_is_never_released(release_inputs):
+    """Validation requires a gate for every kind; a params object changed after it cannot slip through."""
+    from erasure.config import Gate
+
+    params, inputs = release_inputs
+    params.release.gates = {"implicit": Gate(reduction_min=0.7)}  # nothing for Pip's kind, no default
+    with pytest.raises(ValueError, match=r"concept 'Pip' \(instance\): release.gates has no gate for its kind"):
+        check_gates(inputs["metrics"], params)
+    made_up = [{"concept": "with a golden frame", "kind": "implicit", "gate": "reduction_min", "value": 0.75,
+                "bound": 0.7, "passed": True}]
+    with pytest.raises(ValueError, match="no gate for its kind"):
+        publish(params, gates=made_up, **inputs)
+    assert not params.paths.releases.exists()
+
+
+def test_publish_refuses_fewer_gate_records_than_concepts_times_their_gates(release_inputs):
+    params, inputs = release_inputs
+    gates = check_gates(inputs["metrics"], params)
+    assert len(gates) == 3  # Pip: target_max and neighbour_max_drop; the frame: reduction_min
+    for short in (gates[:-1], [], [dict(gates[0], passed=False)] + gates[1:], gates + [gates[0]]):
+        with pytest.raises(ValueError, match="a release needs every gate passed"):
+            publish(params, gates=short, **inputs)
+    with pytest.raises(ValueError, match="no concepts were evaluated"):
+        publish(params, gates=[], **dict(inputs, metrics={**inputs["metrics"], "concepts": {}}))
+    assert not params.paths.releases.exists()
+
+
+def test_a_params_file_without_a_release_section_is_gated_as_the_shipped_one(tmp_path):
+    """It used to publish with "gates": [] (Vasquez at 1.00 after erasure passed)."""
+    from erasure.config import load_params
+    from erasure.pipeline import release as stage
+
+    params_path = _work(tmp_path, _metrics("h", pip_after=1.0), None, GATES)
+    raw = yaml.safe_load(params_path.read_text())
+    del raw["release"]
+    params_path.write_text(yaml.safe_dump(raw))
+    (tmp_path / "work" / "erase" / "delta.safetensors").write_bytes(b"")
+    report = stage.run(load_params(params_path), track=False)
+    assert not report["passed"] and "concept 'Pip' (instance) failed target_max: 1.00 > 0.10" in report["failures"]
+    assert {(g["concept"], g["gate"]) for g in report["gates"]} == {
+        ("Pip", "target_max"), ("Pip", "neighbour_max_drop"),
+        ("with a golden frame", "reduction_min"), ("with a golden frame", "neighbour_max_drop")}
+    assert not (tmp_path / "releases").exists()

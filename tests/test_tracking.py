@@ -82,8 +82,8 @@ def test_runs_carry_targets_gates_losses_grids_and_the_comparison(tracked, tmp_p
     assert {"metrics.`Pip.target_after`", "metrics.`Vasquez.gates_passed`", "metrics.`gates_passed`"} <= set(
         json.loads(view["state"])["selectedColumns"])
     # The previous release is the one registered from the first run.
-    client.create_registered_model("erasure-release")
-    client.create_model_version("erasure-release", source=f"runs:/{first}/model", run_id=first,
+    client.create_registered_model("miniworld-erased")
+    client.create_model_version("miniworld-erased", source=f"runs:/{first}/model", run_id=first,
                                 tags={"release_hash": "1" * 64})
 
     losses = [{"step": s, "phase": 0, "concept": "Pip", "loss": 1.0 / (s + 1)} for s in range(3)]
@@ -154,12 +154,12 @@ def test_register_release_moves_the_alias_to_a_version_from_the_run(tracked, tmp
     run_id = log_pipeline(params, _metrics(), evaluate_dir, None, None)
     first = register_release(params, _release_folder(tmp_path / "r1", "1" * 64), run_id)
     second = register_release(params, _release_folder(tmp_path / "r2", "2" * 64), None)
-    assert first["name"] == second["name"] == "erasure-release" and second["alias"] == "production"
+    assert first["name"] == second["name"] == "miniworld-erased" and second["alias"] == "production"
     assert (first["version"], second["version"]) == ("1", "2")
-    v = client.get_model_version_by_alias("erasure-release", "production")
+    v = client.get_model_version_by_alias("miniworld-erased", "production")
     assert str(v.version) == "2" and v.tags["release_hash"] == "2" * 64 and v.tags["release_id"] == "r2"
     assert v.source == f"runs:/{v.run_id}/model" and client.get_run(v.run_id).info.run_name == "release"
-    assert client.get_model_version("erasure-release", "1").source == f"runs:/{run_id}/model"
+    assert client.get_model_version("miniworld-erased", "1").source == f"runs:/{run_id}/model"
     assert {a.path for a in client.list_artifacts(run_id, "release")} == {
         "release/MODEL_CARD.md", "release/manifest.json", "release/gates.json", "release/metrics.json"}
     assert {a.path for a in client.list_artifacts(run_id, "model")} >= {"model/MLmodel", "model/artifacts"}
@@ -184,12 +184,12 @@ def test_the_release_loads_by_alias_from_a_moved_copy_of_the_store(tracked, tiny
     mlflow.set_registry_uri(uri)
     try:
         with pytest.raises(Exception) as missing:  # the copy still names the original folder
-            mlflow.pyfunc.load_model("models:/erasure-release@production")
+            mlflow.pyfunc.load_model("models:/miniworld-erased@production")
         assert "MLmodel" in str(missing.value)  # nothing found where the database points
         assert relocate(uri, tmp_path / "store" / ARTIFACTS) > 0
         exp = mlflow.MlflowClient().get_experiment_by_name("test-erasure")
         assert exp.artifact_location == (tmp_path / "elsewhere" / ARTIFACTS / "test-erasure").as_uri()
-        model = mlflow.pyfunc.load_model("models:/erasure-release@production")
+        model = mlflow.pyfunc.load_model("models:/miniworld-erased@production")
         images = model.predict(pandas.DataFrame({"prompt": ["a red circle", "a red circle"], "seed": [3, 3]}))
         again = model.predict(["a red circle"])
     finally:
@@ -197,7 +197,7 @@ def test_the_release_loads_by_alias_from_a_moved_copy_of_the_store(tracked, tiny
     assert images.dtype == np.uint8 and images.shape[0] == 2 and images.shape[-1] == 3
     assert (images[0] == images[1]).all() and again.shape == images[:1].shape  # one image per (prompt, seed)
     source = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
-        "erasure-release", "production").source
+        "miniworld-erased", "production").source
     assert source == f"runs:/{run_id}/model"
     with pytest.raises(ValueError, match="expected a 'prompt' column"):
         model.predict(pandas.DataFrame({"text": ["x"]}))

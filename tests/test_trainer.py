@@ -152,6 +152,42 @@ def test_sequential_preservation_rows_keep_the_base_models_prediction(tiny_pipel
     assert same == (preserve_from == "base")  # "current": the model after the first phase
 
 
+def test_a_damaged_or_swapped_cached_phase_is_trained_again_and_code_changes_the_keys(tiny_pipeline_dir, tmp_path,
+                                                                                     monkeypatch):
+    import erasure.trainer
+    from erasure.io import CacheWarning
+
+    settings = _settings(steps=2, mode="sequential")
+    cache = tmp_path / "phases"
+    _erase(tiny_pipeline_dir, tmp_path / "w1", settings, (CAT, DOG), tmp_path / "a.safetensors", phase_cache=cache)
+    by_phases = {len(load_delta(f)[1]["concepts"]): f for f in cache.glob("*.safetensors")}
+    first, second = by_phases[1], by_phases[2]
+    assert all(f.with_name(f.name + ".sha256").is_file() for f in (first, second))
+
+    second.write_bytes(first.read_bytes())  # a sound delta, but not this phase's
+    with pytest.warns(CacheWarning, match=rf"{second.name}: its content .* does not match"):
+        again = _erase(tiny_pipeline_dir, tmp_path / "w2", settings, (CAT, DOG), tmp_path / "b.safetensors",
+                       phase_cache=cache)
+    assert again.phases_from_cache == 1 and again.steps_run == 2  # phase 1 from the cache, phase 2 retrained
+    _assert_equal(_tensors(tmp_path / "a.safetensors"), _tensors(tmp_path / "b.safetensors"))
+
+    for f in (first, second):  # truncated
+        f.write_bytes(f.read_bytes()[:100])
+    with pytest.warns(CacheWarning, match="training that phase again"):
+        scratch = _erase(tiny_pipeline_dir, tmp_path / "w3", settings, (CAT, DOG), tmp_path / "c.safetensors",
+                         phase_cache=cache)
+    assert scratch.phases_from_cache == 0 and scratch.steps_run == 4
+    _assert_equal(_tensors(tmp_path / "a.safetensors"), _tensors(tmp_path / "c.safetensors"))
+
+    monkeypatch.setattr(erasure.trainer, "code_hash", lambda *modules: "other code")
+    other = _erase(tiny_pipeline_dir, tmp_path / "w4", settings, (CAT, DOG), tmp_path / "d.safetensors",
+                   phase_cache=cache)
+    assert other.phases_from_cache == 0  # the cache is sound, but was made by other code
+    with pytest.raises(ValueError, match="other code"):  # nor does a run folder resume under other code
+        monkeypatch.setattr(erasure.trainer, "code_hash", lambda *modules: "yet other code")
+        _erase(tiny_pipeline_dir, tmp_path / "w4", settings, (CAT, DOG), tmp_path / "d.safetensors")
+
+
 def test_a_workdir_with_other_settings_is_refused(tiny_pipeline_dir, tmp_path):
     _erase(tiny_pipeline_dir, tmp_path / "work", _settings(steps=2), out=tmp_path / "a.safetensors")
     out = tmp_path / "b.safetensors"

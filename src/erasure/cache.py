@@ -1,31 +1,52 @@
-"""A content-addressed image cache: one PNG per (model weights, prompt, seed, sampler settings).
+"""A content-addressed image cache: one PNG per (model weights, prompt, seed, sampler and its
+settings, the code that draws images).
 
 Re-running a stage, or adding a concept to the blocklist, regenerates nothing already drawn.
 PNG is lossless, so a cached image is the generated one, bit for bit; each file is written
-atomically, so an interrupted run leaves only whole images behind.
+atomically, and the sha256 of its bytes is recorded beside it (`<key>.png.sha256`) once it is
+whole. A file whose record is missing or does not match (damaged, truncated, swapped for another
+image) is drawn again, with a warning naming it: never used, never fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .io import atomic_file
+from .codehash import code_hash
+from .io import CacheWarning, atomic_file, digest_problem, write_digest
 from .sampling import generate
+
+# The modules whose code decides an image (with those they import): keys change when they do.
+IMAGE_CODE = ("cache.py", "sampling.py", "models.py")
+
+
+def sampler_id(pipe) -> str:
+    """The pipeline's scheduler class and a hash of its configuration (timesteps, betas, eta, ...):
+    the same weights drawn with another scheduler give other images."""
+    sched = pipe.scheduler
+    config = {k: v for k, v in dict(sched.config).items() if k != "_name_or_path"}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{type(sched).__name__}:{digest}"
 
 
 class ImageCache:
-    def __init__(self, root: Path, model_hash: str, steps: int, guidance: float, batch_size: int = 64):
+    def __init__(self, root: Path, model_hash: str, steps: int, guidance: float, batch_size: int = 64, *,
+                 sampler: str, code: str | None = None):
         self.root = Path(root)
         self.model_hash, self.steps, self.guidance, self.batch_size = model_hash, steps, guidance, batch_size
+        self.sampler = sampler
+        self.code = code if code is not None else code_hash(*IMAGE_CODE)
         self.hits = self.misses = 0
 
     def key(self, prompt: str, seed: int) -> str:
-        spec = [self.model_hash, prompt, int(seed), self.steps, float(self.guidance), "ddim"]
+        spec = [self.model_hash, prompt, int(seed), self.steps, float(self.guidance), self.sampler, self.code]
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
     def path(self, prompt: str, seed: int) -> Path:
@@ -36,7 +57,8 @@ class ImageCache:
                desc: str = "generating") -> np.ndarray:
         """uint8 (N, H, W, 3): cached images loaded, the rest generated (by `pipe`) and stored."""
         paths = [self.path(p, s) for p, s in zip(prompts, seeds)]
-        missing = [i for i, p in enumerate(paths) if not p.is_file()]
+        found = [_read(p) for p in paths]
+        missing = [i for i, img in enumerate(found) if img is None]
         self.hits += len(paths) - len(missing)
         self.misses += len(missing)
         if missing:
@@ -45,6 +67,32 @@ class ImageCache:
             fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing], steps=self.steps,
                              guidance=self.guidance, batch_size=self.batch_size, progress=progress, desc=desc)
             for i, img in zip(missing, fresh):
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
                 with atomic_file(paths[i], "wb") as fh:
-                    Image.fromarray(img).save(fh, format="PNG")
-        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+                    fh.write(buf.getvalue())
+                write_digest(paths[i], buf.getvalue())  # after the image: a record always describes a whole file
+                found[i] = img
+        return np.stack(found)
+
+
+def _read(path: Path) -> np.ndarray | None:
+    """The cached image at `path`, or None when there is none or it cannot be trusted (warned)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _distrust(path, f"unreadable ({exc})")
+    problem = digest_problem(path, data)
+    if problem:
+        return _distrust(path, problem)
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on broken files
+        return _distrust(path, f"not a readable PNG ({type(exc).__name__}: {exc})")
+
+
+def _distrust(path: Path, why: str) -> None:
+    warnings.warn(f"image cache: {path}: {why}; drawing it again", CacheWarning, stacklevel=3)
+    return None

@@ -39,6 +39,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _check_writable(flag: str, path: Path) -> None:
+    """Before any work: `path` must be creatable (its parents exist or can be made, and accept files)."""
+    from .io import writable_problem
+
+    problem = writable_problem(path)
+    if problem:
+        _fail(f"{flag} {path}: cannot write there: {problem}")
+
+
 def _guard(fn, *args, **kwargs):
     """Run library code; turn its known failures into one clear message and exit code 2."""
     from pydantic import ValidationError
@@ -157,6 +166,9 @@ def export(
     """Apply a delta to its base model and write a full diffusers folder."""
     from .delta import export as export_delta
 
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir} is a file; expected the folder to write (it is replaced whole)")
+    _check_writable("--out", out_dir)
     _guard(export_delta, model, delta, out_dir)
     out.print(f"wrote {out_dir}")
 
@@ -201,6 +213,9 @@ def erase(
         _fail(f"--lr {lr}: expected a positive learning rate")
     if out_path.is_dir():
         _fail(f"--out {out_path} is a folder; expected the path of the delta file to write")
+    _check_writable("--out", out_path)
+    if workdir is not None:
+        _check_writable("--workdir", workdir)
     method_options = _parse_options(options or [])
     built = _guard(_build_concepts, concepts, kind.value, anchor, alternative, erase_from, reference_images or [])
 

@@ -2,7 +2,9 @@
 
 Keys are `<component>.<parameter name>` (component: `unet` or `text_encoder`). Metadata records
 the method, its parameters, the concepts and the sha256 of the base model's weights, so a delta is
-never applied to a model it was not trained on. No timestamps: the same run gives the same bytes.
+never applied to a model it was not trained on: a delta without it, or holding a NaN or infinite
+value, is refused when saved, loaded, applied and exported. No timestamps: the same run gives the
+same bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, method: str, par
     for key in tensors:
         if key.split(".", 1)[0] not in COMPONENTS:
             raise ValueError(f"delta key {key!r} must start with one of {COMPONENTS}")
+    if not base_hash:
+        raise DeltaError(f"{path}: a delta needs its base model's weights hash (base_hash); none was given")
+    _check_finite(tensors, f"{path}: not saved:")
     # One metadata entry: safetensors writes several in hash-map order, which varies run to run.
     meta = {"format": FORMAT, "method": method, "params": params, "concepts": concepts, "base_hash": base_hash}
     save_safetensors({k: v.detach().cpu() for k, v in sorted(tensors.items())}, Path(path),
@@ -45,14 +50,32 @@ def load_delta(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(raw)
     except (SafetensorError, OSError, ValueError) as exc:
         raise DeltaError(f"--delta {path}: not a readable safetensors file ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise DeltaError(f"--delta {path}: expected metadata format {FORMAT!r}, found {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise DeltaError(f"--delta {path}: expected metadata format {FORMAT!r}, found {found!r}")
+    _check_base_hash(meta, f"--delta {path}")
+    _check_finite(tensors, f"--delta {path}:")
     return tensors, meta
 
 
+def _check_base_hash(meta: dict, where: str) -> None:
+    if not isinstance(meta.get("base_hash"), str) or not meta["base_hash"]:
+        raise DeltaError(f"{where} has no base_hash; it cannot be checked against a model")
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise DeltaError(f"{where} tensor {key!r} holds {bad} NaN or infinite value(s)")
+
+
 def apply_delta(pipe, tensors: dict[str, torch.Tensor], meta: dict, base_hash: str | None) -> None:
-    """Write the delta's tensors into the pipeline in place, after checking it matches the base."""
-    if base_hash is not None and meta.get("base_hash") not in (None, base_hash):
+    """Write the delta's tensors into the pipeline in place, after checking it matches the base
+    (`base_hash` None: the caller has checked it, as the trainer does for its own phase cache)."""
+    _check_base_hash(meta, "the delta")
+    _check_finite(tensors, "the delta:")
+    if base_hash is not None and meta["base_hash"] != base_hash:
         raise DeltaError(f"delta was trained on base model {meta['base_hash'][:16]}, "
                          f"but this model's weights hash is {base_hash[:16]}")
     params = {c: dict(getattr(pipe, c).named_parameters()) for c in COMPONENTS}
@@ -86,5 +109,5 @@ def export(base: str, delta_path: Path, out: Path) -> Path:
     with atomic_dir(Path(out)) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "erasure_delta.json").write_text(json.dumps(
-            {k: meta[k] for k in ("method", "params", "concepts", "base_hash")}, indent=1, sort_keys=True))
+            {k: meta.get(k) for k in ("method", "params", "concepts", "base_hash")}, indent=1, sort_keys=True))
     return Path(out)

@@ -5,7 +5,7 @@ loaded, so loading unpickles nothing, and a machine that loads `models:/<name>@<
 mlflow, diffusers and torch, not this project. The diffusers folder is the model's artifact
 "diffusers" (a copy of the release's `model/`, inside the run's artifacts).
 
-    model = mlflow.pyfunc.load_model("models:/erasure-release@production")
+    model = mlflow.pyfunc.load_model("models:/miniworld-erased@production")
     images = model.predict(pandas.DataFrame({"prompt": ["a painting by Vasquez"], "seed": [0]}))
     # uint8 array (N, H, W, 3); a list of prompts works too (seeds 0, 1, ...)
 """

@@ -76,7 +76,7 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
     concepts, g = metrics["concepts"], metrics["global"]
     n, judge = metrics["images_per_probe"], lineage.get("params", {}).get("evaluate", {}).get("detector", "miniworld")
     release = lineage.get("params", {}).get("release", {})
-    registry, alias = release.get("registry_name", "erasure-release"), release.get("alias", "production")
+    registry, alias = release.get("registry_name", "miniworld-erased"), release.get("alias", "production")
     methods = sorted({m["method"] for m in concepts.values()})
     by_concept: dict[str, list[dict]] = {}
     for x in gates:

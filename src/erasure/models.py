@@ -66,12 +66,12 @@ def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     target = resolve(spec)
-    kwargs = dict(dtype=dtype, use_safetensors=True)
+    kwargs = dict(dtype=dtype)
     try:
         index = _model_index(target)
         if index is not None and "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipe = DiffusionPipeline.from_pretrained(str(target), **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(str(target), use_safetensors=True, **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises many types; turn each into one clear message
@@ -81,6 +81,18 @@ def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
                              f"a text encoder, got {type(pipe).__name__}")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_text_encoder(spec: str = MINIWORLD):
+    """The model's tokenizer and text encoder alone (safetensors weights only), to compare texts."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = source_folder(spec)
+    try:
+        return (CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
+                CLIPTextModel.from_pretrained(str(folder / "text_encoder"), use_safetensors=True))
+    except Exception as exc:  # transformers raises OSError, ValueError, ...: one clear message
+        raise ModelLoadError(_explain(spec, folder, exc)) from exc
 
 
 def _model_index(target: Path | str) -> dict | None:

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from .config import PipelineParams
-from .io import atomic_dir, atomic_file
+from .io import atomic_dir, atomic_file, owner_tag, sweep_stale
 from .model_card import model_card
 
 GATES = ("target_max", "reduction_min", "neighbour_max_drop")
@@ -26,7 +26,7 @@ def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
     """One record per (concept, gate) that applies to the concept's kind."""
     out = []
     for concept, m in metrics["concepts"].items():
-        gate, s = params.gate_for(m["kind"]), m["summary"]
+        gate, s = _gate(params, concept, m["kind"]), m["summary"]
         values = {"target_max": s["target_after"], "reduction_min": s["target_reduction"],
                   # A concept without neighbours has nothing to damage: it passes with 0.
                   "neighbour_max_drop": s.get("neighbour_max_drop") or 0.0}
@@ -40,6 +40,29 @@ def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
             out.append({"concept": concept, "kind": m["kind"], "gate": name, "value": value,
                         "bound": bound, "passed": bool(passed)})
     return out
+
+
+def _gate(params: PipelineParams, concept: str, kind: str):
+    gate = params.gate_for(kind)
+    if gate is None or all(getattr(gate, name) is None for name in GATES):
+        raise ValueError(f"concept {concept!r} ({kind}): release.gates has no gate for its kind (nor a 'default'); "
+                         "every concept must be gated before a release")
+    return gate
+
+
+def require_every_gate(metrics: dict, gates: list[dict], params: PipelineParams) -> None:
+    """The release invariant: at least one concept, and one passed record for every bound of every
+    concept's gate. Checked again where a release is published, whoever computed `gates`."""
+    if not metrics["concepts"]:
+        raise ValueError("no concepts were evaluated: a release without gates is not published")
+    expected = {(concept, name) for concept, m in metrics["concepts"].items()
+                for name in GATES if getattr(_gate(params, concept, m["kind"]), name) is not None}
+    passed = {(g["concept"], g["gate"]) for g in gates if g.get("passed") is True}
+    missing = sorted(expected - passed)
+    if missing or len(gates) != len(expected):
+        shown = ", ".join(f"{c!r} {name}" for c, name in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"{len(gates)} gate record(s) for {len(expected)} gate(s) of {len(metrics['concepts'])} "
+                         f"concept(s){'; not passed: ' + shown if missing else ''}: a release needs every gate passed")
 
 
 SIGN = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"}  # how a failed value compares
@@ -68,9 +91,9 @@ def code_version() -> str:
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        # dvc.lock is rewritten by `dvc repro` while it runs: an output, not code.
+        # dvc.lock and work/ (its metrics and plot data are committed) are rewritten by the run: outputs, not code.
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                                ":(exclude,top)dvc.lock"], cwd=here,
+                                ":(exclude,top)dvc.lock", ":(exclude,top)work"], cwd=here,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -126,10 +149,15 @@ def build(folder: Path, *, params: PipelineParams, metrics: dict, gates: list[di
 
 def publish(params: PipelineParams, **inputs) -> tuple[str, Path]:
     """Build in a private folder, then move it in place and point LATEST at it. Returns (id, path)."""
+    require_every_gate(inputs["metrics"], inputs["gates"], params)
     root = params.paths.releases
     root.mkdir(parents=True, exist_ok=True)
+    # A publish killed mid-build leaves its staging folder (or the temporary it was built in): remove
+    # those of processes no longer running, never a live one's (see erasure/io.py).
+    for prefix in (".staging-", "..staging-"):
+        sweep_stale(root, prefix)
     # A private staging name per call: two flows publishing at once never build into one folder.
-    staging = root / f".staging-{uuid.uuid4().hex[:12]}"
+    staging = root / f".staging-{owner_tag()}-{uuid.uuid4().hex[:12]}"
     with atomic_dir(staging) as tmp:  # a crash here leaves only hidden temporaries, never a release
         release_hash = build(tmp, params=params, **inputs)
     rid = release_hash[:12]

@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +31,21 @@ from safetensors.torch import load_file
 from . import methods as method_registry
 from .checkpoint import load_checkpoint, save_checkpoint
 from .concept import Concept, ConceptError, check_encodable, content_token_ids
-from .delta import apply_delta, load_delta, save_delta
+from .codehash import code_hash
+from .delta import DeltaError, apply_delta, load_delta, save_delta
 from .editable import EditableModel
 from .frozen import FrozenOriginal
-from .io import atomic_file, save_safetensors
+from .io import CacheWarning, atomic_file, digest_problem, save_safetensors, write_digest
 from .methods.base import Bench, Options, Pool
 from .params import RULES, UNET_RULES, select_unet
 from .progress import Progress
 
+# The EraseSettings fields one concept may set for itself (a params.yaml recipe), besides `options`.
+PER_CONCEPT = ("rule", "steps", "lr", "batch_size", "weight_decay", "pool_size")
 MAX_POOL = 512  # pool samples per concept by default (steps x batch when smaller)
+# The modules whose code decides a run's weights (with every package module they import): the
+# phase cache and run folders are keyed by their hash, so changed training code never reuses them.
+TRAINING_CODE = ("trainer.py", "models.py")
 
 
 class EraseSettings(BaseModel):
@@ -121,10 +128,10 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         name = (methods[i] if methods else None) or base.method
         own = dict(overrides[i]) if overrides else {}
         extra = own.pop("options", {})
-        unknown = set(own) - {"rule", "steps", "lr", "batch_size", "weight_decay", "pool_size"}
+        unknown = set(own) - set(PER_CONCEPT)
         if unknown:
             raise ValueError(f"settings for concept {concept.text!r}: unknown field(s) {', '.join(sorted(unknown))}; "
-                             "expected rule, steps, lr, batch_size, weight_decay, pool_size, options")
+                             f"expected {', '.join(PER_CONCEPT)}, options")
         settings = EraseSettings(**{**base.model_dump(), **own})
         method = method_registry.get(name)
         try:
@@ -190,11 +197,15 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         if settings.zero_stage and method_registry.get(j.method).needs_frozen(j.options):
             raise ValueError(f"method {j.method!r} with these options keeps originals of the trained tensors, "
                              "which ZeRO partitions: use zero_stage 0 (or ESD's default frozen sampler)")
+    if out is not None and not base_hash:
+        raise ValueError("writing a delta needs the base model's weights hash (base_hash): a delta without it "
+                         "cannot be checked against a model")
     workdir = Path(workdir)
     phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
     if phase_cache is not None and not base_hash:
         raise ValueError("phase_cache needs the base model's weights hash (base_hash) to key its entries")
-    keys = [_phase_key(base_hash, settings, phases[:k + 1]) for k in range(len(phases))] if phase_cache else []
+    code = code_hash(*TRAINING_CODE)
+    keys = [_phase_key(base_hash, settings, phases[:k + 1], code) for k in range(len(phases))] if phase_cache else []
     cached = None
     # Preservation rows toward the base model after the first phase need its values of the trained
     # tensors (a copy of them; not taken when no later phase asks).
@@ -202,10 +213,12 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                     for p in phases[1:] for j in p)
     pristine: dict[str, torch.Tensor] = {}
     if phase_cache is not None and not (workdir / "checkpoint").exists():
-        cached = next((k for k in reversed(range(len(phases))) if (Path(phase_cache) / f"{keys[k]}.safetensors").exists()),
-                      None)
+        for k in reversed(range(len(phases))):  # the longest prefix whose file is sound
+            found = _cached_phase(Path(phase_cache) / f"{keys[k]}.safetensors")
+            if found is not None:
+                cached, (tensors, meta) = k, found
+                break
         if cached is not None:  # into the plain pipeline, before any wrapper takes its copy
-            tensors, meta = load_delta(Path(phase_cache) / f"{keys[cached]}.safetensors")
             if keep_base:  # the base values these cached phases overwrite
                 params = {c: dict(getattr(pipe, c).named_parameters()) for c in ("unet", "text_encoder")}
                 pristine = {k: params[k.split(".", 1)[0]][k.split(".", 1)[1]].detach().clone() for k in tensors}
@@ -226,7 +239,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     names_by_rule = {r: _names(model, r) for r in rules}
     result = EraseResult(None, jobs, trainable_params=sum(p.numel() for p in trainable.values()))
 
-    _claim_workdir(workdir, jobs, settings, base_hash, accelerator)
+    _claim_workdir(workdir, jobs, settings, base_hash, accelerator, code)
     j0 = phases[0][0]
     optimizer = torch.optim.AdamW(trainable.values(), lr=j0.lr, weight_decay=j0.weight_decay)
     ckpt = workdir / "checkpoint"
@@ -314,14 +327,14 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                                                       params={"settings": settings.model_dump(),
                                                               "jobs": [j.describe() for j in jobs]},
                                                       concepts=[j.concept.model_dump(mode="json") for j in jobs],
-                                                      base_hash=base_hash or ""), Path(out))
+                                                      base_hash=base_hash), Path(out))
         result.delta = Path(out)
     return _finish(result, state, model)
 
 
-def _phase_key(base_hash: str, settings: EraseSettings, phases: list[list[Job]]) -> str:
-    """What determines a phase's end weights: the base, the settings that shape training, and every
-    job up to it (reference images by content, since a path may be rewritten in place)."""
+def _phase_key(base_hash: str, settings: EraseSettings, phases: list[list[Job]], code: str) -> str:
+    """What determines a phase's end weights: the base, the settings that shape training, every job
+    up to it (reference images by content, since a path may be rewritten in place), and the code."""
     jobs = []
     for phase in phases:
         for j in phase:
@@ -330,7 +343,7 @@ def _phase_key(base_hash: str, settings: EraseSettings, phases: list[list[Job]])
                                                 for r in j.concept.reference_images]
             jobs.append(d)
     spec = {"base_hash": base_hash, "settings": settings.model_dump(mode="json", exclude={"checkpoint_every"}),
-            "phases": [len(p) for p in phases], "jobs": jobs}
+            "phases": [len(p) for p in phases], "jobs": jobs, "code": code}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -339,10 +352,28 @@ def _store_phase(accelerator, model: EditableModel, path: Path, done: list[list[
     with _gathered([*model.trainable().values(), *([model.patched.base.weight] if model.patched is not None else [])]):
         tensors = model.delta_tensors()
     params = {"history": state["history"], "jobs": [j.describe() for p in done for j in p]}
-    _save_main(accelerator, lambda p: save_delta(p, tensors, method=",".join(dict.fromkeys(j.method for p in done for j in p)),
-                                                  params=params, concepts=[j.concept.model_dump(mode="json")
-                                                                           for p in done for j in p],
-                                                  base_hash=base_hash), path)
+
+    def write(p: Path) -> None:
+        save_delta(p, tensors, method=",".join(dict.fromkeys(j.method for p in done for j in p)), params=params,
+                   concepts=[j.concept.model_dump(mode="json") for p in done for j in p], base_hash=base_hash)
+        write_digest(p)  # after the file: a record always describes a whole one
+
+    _save_main(accelerator, write, path)
+
+
+def _cached_phase(path: Path) -> tuple[dict, dict] | None:
+    """A finished phase's delta from the cache, or None when there is none or it cannot be trusted
+    (its content hash is missing or differs, or it does not load): that phase is trained again."""
+    if not path.exists():
+        return None
+    problem = digest_problem(path)
+    if problem is None:
+        try:
+            return load_delta(path)
+        except DeltaError as exc:
+            problem = str(exc)
+    warnings.warn(f"phase cache: {path}: {problem}; training that phase again", CacheWarning, stacklevel=3)
+    return None
 
 
 def _finish(result: EraseResult, state: dict, model: EditableModel) -> EraseResult:
@@ -452,17 +483,17 @@ def _copy_into(params: dict[str, torch.Tensor], values: dict[str, torch.Tensor])
 
 
 def _claim_workdir(workdir: Path, jobs: list[Job], settings: EraseSettings, base_hash: str | None,
-                   accelerator) -> None:
-    """A workdir belongs to one run: resuming with different settings would mix two runs."""
+                   accelerator, code: str) -> None:
+    """A workdir belongs to one run: resuming with different settings or code would mix two runs."""
     spec = json.dumps({"jobs": [j.describe() for j in jobs], "settings": settings.model_dump(mode="json"),
-                       "base_hash": base_hash}, sort_keys=True)
+                       "base_hash": base_hash, "code": code}, sort_keys=True)
     marker = workdir / "run.json"
     claimed = marker.exists()
     accelerator.wait_for_everyone()  # all ranks look before the main one writes it, or they disagree and deadlock
     if claimed:
         if json.loads(marker.read_text()) != json.loads(spec):
-            raise ValueError(f"--workdir {workdir} holds a run with other settings; use another workdir "
-                             "or delete it to start over")
+            raise ValueError(f"--workdir {workdir} holds a run with other settings (or made by other code); use "
+                             "another workdir or delete it to start over")
         return
     if accelerator.is_main_process:
         workdir.mkdir(parents=True, exist_ok=True)

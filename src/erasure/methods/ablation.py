@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
@@ -30,14 +31,14 @@ from .base import Bench, Defaults, Options, Pool, mse, prompt_table, reference_i
 class CAOptions(Options):
     loss: Literal["model", "noise"] = "model"
     target_from: Literal["frozen", "same"] = "frozen"
-    regularization: float = 0.0
+    regularization: float = Field(0.0, ge=0)
     stop_sot: bool = True  # stop the gradient through the start token's key/value
-    anchor_images: int = 1000  # the reference code's default
-    anchor_steps: int = 25
-    anchor_guidance: float = 6.0
+    anchor_images: int = Field(1000, gt=0)  # the reference code's default
+    anchor_steps: int = Field(25, gt=0)
+    anchor_guidance: float = Field(6.0, ge=0)
     # Memorized: drop anchor images whose copy similarity to the reference exceeds this (None: the
     # similarity measure's calibrated copy threshold).
-    copy_threshold: float | None = None
+    copy_threshold: float | None = Field(None, ge=-1, le=1)  # a correlation
 
 
 class ConceptAblation:

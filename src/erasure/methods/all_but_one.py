@@ -18,6 +18,7 @@ alternative; for small text encoders that encode a name alone differently than i
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
@@ -26,10 +27,10 @@ from .base import Bench, Defaults, Options, Pool, mse
 
 
 class ABOOptions(Options):
-    lam: float = 1.0
-    ddim_steps: int = 50
-    guidance: float = 3.0
-    context_prompts: int = 0
+    lam: float = Field(1.0, ge=0)
+    ddim_steps: int = Field(50, gt=0)
+    guidance: float = Field(3.0, ge=0)
+    context_prompts: int = Field(0, ge=0)
 
 
 class AllButOne:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, preservation_prompts, target_prompt
@@ -37,12 +38,12 @@ from .base import Bench, Defaults, Options, Pool, mse, reference_images
 
 
 class ESDOptions(Options):
-    eta: float = 1.0
+    eta: float = Field(1.0, gt=0)  # strength of the negative guidance the model is trained toward
     sampler: Literal["frozen", "trained"] = "frozen"
     x_source: Literal["trajectory", "reference"] = "trajectory"
-    ddim_steps: int = 50
-    guidance: float = 3.0
-    context_prompts: int = 0
+    ddim_steps: int = Field(50, gt=0)
+    guidance: float = Field(3.0, ge=0)
+    context_prompts: int = Field(0, ge=0)
     # Implicit kinds in context: x_t from trajectories of the scene prompts p_i as users write them
     # ("scene"), or of the same scenes naming the concept, f_i ("named": every x_t carries it, as
     # the paper's x_t from trajectories of c do).
@@ -54,8 +55,8 @@ class ESDOptions(Options):
     # Preservation (our extension, off by default): this many prompts naming none of the run's
     # concepts, trained toward the frozen model's own prediction, make up `preserve_share` of the pool.
     # With `preserve_from="current"` they may name earlier phases' concepts: that holds them erased.
-    preserve_prompts: int = 0
-    preserve_share: float = 0.25
+    preserve_prompts: int = Field(0, ge=0)
+    preserve_share: float = Field(0.25, gt=0, lt=1)
     # Whose prediction the preservation rows keep: the base model's ("base"), or the model as this
     # phase finds it ("current"). They differ only in a sequential run after its first phase; "base"
     # also undoes what earlier phases did to unrelated prompts instead of locking it in.
@@ -88,8 +89,6 @@ class ESD:
                                "x_source='reference'")
         if options.preserve_prompts and (options.sampler == "trained" or options.x_source == "reference"):
             raise ConceptError("ESD: preserve_prompts needs the frozen sampler and trajectory x_t")
-        if not 0 < options.preserve_share < 1:
-            raise ConceptError(f"ESD: preserve_share must lie in (0, 1), got {options.preserve_share}")
 
     def build_pool(self, bench: Bench, concept: Concept, options: ESDOptions, size: int,
                    gen: torch.Generator) -> Pool:

@@ -7,6 +7,7 @@ Images of the target come from the original model on target prompts (made from a
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
@@ -14,9 +15,9 @@ from .base import Bench, Defaults, Options, Pool, mse, prompt_table
 
 
 class LossMaxOptions(Options):
-    images: int = 1000
-    image_steps: int = 25
-    image_guidance: float = 6.0
+    images: int = Field(1000, gt=0)
+    image_steps: int = Field(25, gt=0)
+    image_guidance: float = Field(6.0, ge=0)
 
 
 class LossMax:

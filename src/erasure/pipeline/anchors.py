@@ -27,6 +27,11 @@ def run(params: PipelineParams) -> dict:
                    paraphrases=e.get("paraphrases") or [], candidates=params.anchors.candidates.get(e["kind"], []),
                    no_anchor_methods=params.anchors.none_for_methods, embed=lazy_embed)
         chosen[e["concept"]] = c.as_dict()
+    # The erase stage's plan, made now: an impossible combination (a method without the anchor it
+    # needs, joint mode over recipes with different learning rates) fails before any image is drawn.
+    from .erase import jobs_and_settings
+
+    jobs_and_settings(params, chosen)
     with atomic_dir(params.paths.stage("anchors")) as tmp:
         (tmp / "anchors.json").write_text(json.dumps({"anchors": chosen}, indent=1, sort_keys=True))
     return {c: a["anchor"] for c, a in chosen.items()}
@@ -37,10 +42,6 @@ def _embedder(params: PipelineParams):
         from ..models import load_pipeline
 
         return guidance_embedder(load_pipeline(params.model))
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from ..models import load_text_encoder
 
-    from ..models import source_folder
-
-    folder = source_folder(params.model)
-    return text_embedder(CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                         CLIPTextModel.from_pretrained(folder / "text_encoder"))
+    return text_embedder(*load_text_encoder(params.model))

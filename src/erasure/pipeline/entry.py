@@ -22,9 +22,14 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=f"Run the pipeline's {stage} stage.")
     ap.add_argument("--params", default="params.yaml", help="the pipeline's params file (default: params.yaml)")
     args = ap.parse_args(argv)
+    try:  # the whole file is checked before the stage loads anything
+        params = load_params(args.params)
+    except ParamsError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
     module = importlib.import_module(f"erasure.pipeline.{stage}")
     try:
-        params = load_params(args.params)
         summary = module.run(params)
     except (ParamsError, ValueError, FileNotFoundError, RuntimeError) as exc:
         from pydantic import ValidationError

@@ -11,15 +11,17 @@ import hashlib
 import json
 import time
 
+from ..codehash import code_hash
 from ..config import PipelineParams
 from ..io import atomic_dir
-from ..trainer import EraseSettings, erase, plan
+from ..trainer import TRAINING_CODE, EraseSettings, erase, plan
 from . import inputs
 
 
-def jobs_and_settings(params: PipelineParams):
+def jobs_and_settings(params: PipelineParams, anchors: dict[str, dict] | None = None):
+    """The erasure's plan (trainer.plan): from the anchors stage's output, or `anchors` given."""
     entries = inputs.entries(params)
-    anchors = inputs.anchors(params)
+    anchors = inputs.anchors(params) if anchors is None else anchors
     e = params.erase
     settings = EraseSettings(method="esd", mode=e.mode, seed=e.seed, checkpoint_every=e.checkpoint_every,
                              mixed_precision=e.mixed_precision, gradient_checkpointing=e.gradient_checkpointing,
@@ -36,8 +38,9 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
     jobs, settings = jobs_and_settings(params)
     pipe = load_pipeline(params.model)
     base_hash = weights_hash(source_folder(params.model))
+    # Keyed by the code too: a run resumed after training code changed would mix two runs' weights.
     spec = json.dumps({"jobs": [j.describe() for j in jobs], "settings": settings.model_dump(mode="json"),
-                       "base": base_hash}, sort_keys=True)
+                       "base": base_hash, "code": code_hash(*TRAINING_CODE)}, sort_keys=True)
     workdir = params.paths.cache / "erase" / hashlib.sha256(spec.encode()).hexdigest()[:16]
     out_dir = params.paths.stage("erase")
     t0 = time.time()
@@ -58,7 +61,26 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
             (tmp / "train.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in run_specific},
                                                        indent=1, sort_keys=True))
             (tmp / "timing.json").write_text(json.dumps(timing, indent=1, sort_keys=True))
+            # For `dvc plots` (loss vs step): the phases this run trained, not those from the phase cache;
+            # kept out of train.json, which DVC and releases hash.
+            (tmp / "losses.json").write_text(_losses(jobs, settings.mode, result.losses))
     return summary
+
+
+def _losses(jobs, mode: str, losses: list[float]) -> str:
+    """[{"step", "phase", "concept", "loss"}, ...], one line each. `losses` holds the steps of the last
+    phases (those before came from the phase cache): matched to phases from the end; `step` counts
+    every phase's steps, cached ones included, so a partly cached run plots at the same x."""
+    phases = [jobs] if mode == "joint" else [[j] for j in jobs]  # as erasure.trainer.erase groups them
+    starts = [sum(j.steps for p in phases[:k] for j in p) for k in range(len(phases) + 1)]
+    first = starts[-1] - len(losses)
+    rows = []
+    for i, loss in enumerate(losses):
+        step = first + i
+        k = max(k for k in range(len(phases)) if starts[k] <= step)
+        rows.append(json.dumps({"step": step, "phase": k, "concept": " + ".join(j.concept.text for j in phases[k]),
+                                "loss": loss}))
+    return "[\n" + ",\n".join(rows) + "\n]\n"
 
 
 class _nowhere:

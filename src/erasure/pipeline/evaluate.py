@@ -32,7 +32,7 @@ def erased_model(params: PipelineParams):
     tensors, meta = load_delta(delta)
     pipe, base_hash = base_model(params)
     apply_delta(pipe, tensors, meta, base_hash)
-    return pipe, base_hash, image_cache(params, f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}")
+    return pipe, base_hash, image_cache(params, f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}", pipe)
 
 
 def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector) -> dict:
@@ -82,7 +82,8 @@ def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
 
 def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], generic: dict,
           track: bool = True) -> dict:
-    """metrics.json, summary.json (for `dvc metrics`) and the grids, in one atomic folder; then MLflow."""
+    """metrics.json, the grids, summary/ (for `dvc metrics`) and plots/ (for `dvc plots`), in one atomic
+    folder; then MLflow."""
     metrics = {"model": params.model, "base_hash": base_hash, "images_per_probe": params.generate.images_per_probe,
                "concepts": {c: {k: v for k, v in r.items() if k != "_images"} for c, r in concepts.items()},
                "global": generic}
@@ -99,7 +100,12 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
             side_by_side(im["before"], im["after"], im["prompts"], im["readings"], im["label"],
                          title).save(tmp / r["grids"]["side_by_side"])
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        (tmp / "summary.json").write_text(json.dumps(_flat(metrics), indent=1, sort_keys=True))
+        # summary/ and plots/ are small and committed to git (dvc.yaml: cache: false), so `dvc metrics diff`
+        # and `dvc plots diff` read them at any commit; a file per concept is a row in `dvc metrics show`.
+        for folder, files in (("summary", _summary(metrics)), ("plots", _plots(metrics))):
+            (tmp / folder).mkdir()
+            for name, data in files.items():
+                (tmp / folder / name).write_text(json.dumps(data, indent=1) + "\n")
     if track:  # after the folder is in place: MLflow's artifacts are copies of published files
         from ..tracking import experiment_id as _experiment_id
         from ..tracking import log_pipeline, review_url
@@ -131,13 +137,26 @@ def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _flat(metrics: dict) -> dict:
-    out = {k: v for k, v in metrics["global"].items()}
+# summary/<slug>.json: what the release gates read, under short names (dvc prints a column per key).
+_SUMMARY = {"before": "target_before", "after": "target_after", "reduction": "target_reduction",
+            "neighbour_drop": "neighbour_max_drop"}
+
+
+def _summary(metrics: dict) -> dict[str, dict]:
+    """{file name: numbers} for work/evaluate/summary/: one file per concept, _global.json (a slug has no "_")."""
+    g = metrics["global"]
+    out = {"_global.json": {k: g[k] for k in ("generic_drift", "fid_base", "fid_erased")}}
     for c in metrics["concepts"].values():
-        for k, v in c["summary"].items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[f"{c['slug']}.{k}"] = v
+        out[f"{c['slug']}.json"] = {short: c["summary"][k] for short, k in _SUMMARY.items()
+                                    if c["summary"].get(k) is not None}
     return out
+
+
+def _plots(metrics: dict) -> dict[str, list]:
+    """before.json and after.json for `dvc plots`: a bar per concept and probe, side by side by file."""
+    return {f"{when}.json": [{"probe": f"{concept}: {name}", "presence": p[when]}
+                             for concept, c in metrics["concepts"].items() for name, p in c["probes"].items()]
+            for when in ("before", "after")}
 
 
 def _train(params: PipelineParams) -> dict | None:

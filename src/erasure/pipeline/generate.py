@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 
-from ..cache import ImageCache
+from ..cache import ImageCache, sampler_id
 from ..config import PipelineParams
 from ..io import atomic_dir
 from ..miniworld import probes as world_probes
@@ -32,16 +32,17 @@ def base_model(params: PipelineParams):
     return load_pipeline(params.model), weights_hash(source_folder(params.model))
 
 
-def image_cache(params: PipelineParams, weights_key: str) -> ImageCache:
-    """The content-addressed image cache for the model whose weights hash to `weights_key`."""
+def image_cache(params: PipelineParams, weights_key: str, pipe) -> ImageCache:
+    """The content-addressed image cache for `pipe`, whose weights hash to `weights_key`."""
     g = params.generate
-    return ImageCache(params.paths.cache / "images", weights_key, g.steps, g.guidance, g.batch_size)
+    return ImageCache(params.paths.cache / "images", weights_key, g.steps, g.guidance, g.batch_size,
+                      sampler=sampler_id(pipe))
 
 
 def model_and_cache(params: PipelineParams):
     """The base pipeline, its weights hash, and the image cache for it."""
     pipe, base_hash = base_model(params)
-    return pipe, base_hash, image_cache(params, base_hash)
+    return pipe, base_hash, image_cache(params, base_hash, pipe)
 
 
 def concept_probes(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]):
