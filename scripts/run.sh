@@ -25,7 +25,10 @@ else
   esac
 fi
 echo
-echo "MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1   (then open http://127.0.0.1:5000)"
+# The review's page (the runs table with the gate columns), which the evaluate stage recorded.
+review=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("review", ""))' \
+  .cache/pipeline/mlflow-run.json 2>/dev/null || true)
+echo "MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1   (then open http://127.0.0.1:5000$review)"
 echo "metrics: .venv/bin/dvc metrics show"
 .venv/bin/dvc metrics show || true
 echo "main job finished in $(( $(date +%s) - start )) s (setup excluded)"

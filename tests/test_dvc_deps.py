@@ -207,8 +207,10 @@ def _concept(slug: str, before: float, after: float, neighbour_after: float) -> 
               "neighbour:circle": {"before": 1.0, "after": neighbour_after, "n": 4, "example_prompt": "y"}}
     images = np.zeros((2, 4, 4, 3), dtype=np.uint8)
     return {"kind": "style", "method": "esd", "anchor": None, "slug": slug, "probes": probes,
-            "summary": summarize(probes), "grids": {"before": f"grids/{slug}-before.png", "after": f"grids/{slug}-after.png"},
-            "_images": {"before": images, "after": images}}
+            "summary": summarize(probes), "grids": {"before": f"grids/{slug}-before.png", "after": f"grids/{slug}-after.png",
+                                                    "side_by_side": f"grids/{slug}-side-by-side.png"},
+            "_images": {"before": images, "after": images, "prompts": ["x", "x"], "label": "'x'",
+                        "readings": {"before": [True, True], "after": [False, False]}}}
 
 
 def _evaluate_outputs(project: Path, pip_after: float) -> None:

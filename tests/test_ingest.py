@@ -44,6 +44,8 @@ def test_a_valid_run_writes_the_blocklist_and_its_diff(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["ingest"]  # no temp folder left
     folder = tmp_path / "work" / "ingest"
     assert sorted(p.name for p in folder.iterdir()) == ["blocklist.json", "diff.json"]
+    # When the job began (the MLflow parent run's start): in the cache, since work/ is versioned.
+    assert json.loads((tmp_path / "cache" / "job-start.json").read_text())["start_ms"] > 1.7e12
 
     written = json.loads((folder / "blocklist.json").read_text())
     blocklist = Blocklist.from_json((folder / "blocklist.json").read_text())
@@ -97,7 +99,7 @@ def test_an_unreadable_previous_release_is_an_error_and_writes_nothing(tmp_path)
     (tmp_path / "releases" / "LATEST").write_text("r1")
     with pytest.raises(BlocklistError, match="the previous release's blocklist is unreadable"):
         ingest.run(load_params(_params(tmp_path, DEFAULT)))
-    assert not (tmp_path / "work").exists()
+    assert not (tmp_path / "work").exists() and not (tmp_path / "cache").exists()
 
 
 def test_a_failed_run_keeps_the_last_output(tmp_path):

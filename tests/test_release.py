@@ -118,7 +118,7 @@ def test_release_is_reproducible_with_a_true_manifest(release_inputs, tmp_path):
             assert str(tmp_path) not in text and "r123" not in text and ".tmp-" not in text, f
 
     card = (folder / "MODEL_CARD.md").read_text()
-    assert "| Pip | instance | esd | - | 1.00 -> 0.05 | 95% |" in card and "target_max ✓" in card
+    assert "| Pip | instance | esd | target | x | 1.00 | 0.05 |" in card and "| Pip | target_max | 0.050 |" in card
     assert inputs["metrics"]["base_hash"] in card and "sha256 `abc`" in card
     from diffusers import StableDiffusionPipeline
 

@@ -14,6 +14,17 @@ import torch
 
 
 def presence(detector, images: np.ndarray, probe: dict) -> float:
+    return share(detections(detector, images, probe), probe)
+
+
+def share(hits: np.ndarray, probe: dict) -> float:
+    """The share of images read as the probe's label (what `presence` reports)."""
+    # Copy probes have always averaged in float32 (torch): kept, so metrics stay the same numbers.
+    return float(torch.from_numpy(hits).float().mean()) if probe["head"] == "copy" else float(hits.mean())
+
+
+def detections(detector, images: np.ndarray, probe: dict) -> np.ndarray:
+    """Per image: does the detector read it as the probe's label (a copy of its reference image)?"""
     from .detectors.miniworld import COPY_THRESHOLD, HEADS, copy_similarity, memorized_references, to_input
 
     if probe["head"] == "copy":
@@ -24,9 +35,9 @@ def presence(detector, images: np.ndarray, probe: dict) -> float:
             from PIL import Image
 
             ref = to_input(np.asarray(Image.open(Path(label)).convert("RGB")))
-        return float((copy_similarity(to_input(images), ref) > COPY_THRESHOLD).float().mean())
+        return (copy_similarity(to_input(images), ref) > COPY_THRESHOLD).numpy().reshape(-1)
     pred = detector.predict(images)[probe["head"]]
-    return float((pred.argmax(-1) == HEADS[probe["head"]].index(probe["label"])).mean())
+    return np.asarray(pred.argmax(-1) == HEADS[probe["head"]].index(probe["label"])).reshape(-1)
 
 
 def summarize(probes: dict[str, dict]) -> dict:

@@ -1,5 +1,6 @@
-"""Releases: gates on the evaluation, a release folder (delta, full diffusers export, model card,
-lineage, manifest), published atomically under `releases/<id>` with `releases/LATEST` moved to it.
+"""Releases: gates on the evaluation, a release folder (delta, full diffusers export, model card
+(erasure/model_card.py), lineage, manifest), published atomically under `releases/<id>` with
+`releases/LATEST` moved to it.
 
 Nothing in a release folder depends on when or where it was built (no timestamps, run ids or
 absolute paths), so the same inputs give byte-identical files and the same release hash.
@@ -14,10 +15,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import yaml
-
 from .config import PipelineParams
 from .io import atomic_dir, atomic_file, owner_tag, sweep_stale
+from .model_card import model_card
 
 GATES = ("target_max", "reduction_min", "neighbour_max_drop")
 
@@ -188,37 +188,3 @@ def show(releases: Path) -> dict:
             "concepts": {c: {"kind": m["kind"], "method": m["method"], **m["summary"]}
                          for c, m in metrics["concepts"].items()},
             "global": metrics["global"]}
-
-
-def model_card(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> str:
-    def pct(v):
-        return "-" if v is None else f"{v:.2f}"
-
-    by_concept: dict[str, list[dict]] = {}
-    for g in gates:
-        by_concept.setdefault(g["concept"], []).append(g)
-    methods = sorted({m["method"] for m in metrics["concepts"].values()})
-    lines = ["# Model card: erased model", "",
-             f"Base model `{lineage['base_model']}` (weights sha256 `{lineage['base_hash']}`), edited by "
-             f"{', '.join(methods)} to remove {len(metrics['concepts'])} concept(s). Presence is the share of "
-             f"{metrics['images_per_probe']} images per prompt set in which the detector finds the concept "
-             "(held-out prompts, fixed seeds), before -> after erasure.", "",
-             "| concept | kind | method | anchor | target before -> after | reduction | paraphrase after | "
-             "misspelling after | worst neighbour drop | gates |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for c, m in metrics["concepts"].items():
-        s = m["summary"]
-        g = ", ".join(f"{x['gate']} {'✓' if x['passed'] else '✗'}" for x in by_concept.get(c, [])) or "-"
-        worst = f"{s['neighbour_max_drop']:.2f} ({s['worst_neighbour']})" if s.get("worst_neighbour") else "-"
-        lines.append(f"| {c} | {m['kind']} | {m['method']} | {m.get('anchor') or '-'} | {pct(s['target_before'])} "
-                     f"-> {pct(s['target_after'])} | {s['target_reduction']:.0%} | {pct(s.get('paraphrase_after'))} | "
-                     f"{pct(s.get('misspelling_after'))} | {worst} | {g} |")
-    gl = metrics["global"]
-    lines += ["", f"Generic prompts ({gl['n_generic']} naming no blocklisted concept): mean pixel drift "
-              f"{gl['generic_drift']:.3f}; FID to the world's true renders on detector features "
-              f"{gl['fid_base']:.3f} (base) -> {gl['fid_erased']:.3f} (erased).", "",
-              f"## Blocklist (sha256 `{blocklist['sha256']}`)", "", "```yaml",
-              yaml.safe_dump(blocklist["entries"], sort_keys=False, allow_unicode=True).rstrip(), "```", "",
-              "## Lineage", "", f"- code version: `{lineage['code_version']}`",
-              f"- base model hash: `{lineage['base_hash']}`", "", "```yaml",
-              yaml.safe_dump(lineage["params"], sort_keys=True).rstrip(), "```", ""]
-    return "\n".join(lines)

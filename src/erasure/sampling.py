@@ -89,3 +89,40 @@ def load_images(paths: list[Path]) -> tuple[list[Path], np.ndarray]:
     if len(shapes) > 1:
         raise ValueError(f"images differ in size: {sorted(shapes)}")
     return files, np.stack(arrays)
+
+
+def side_by_side(before: np.ndarray, after: np.ndarray, prompts: list[str], readings: dict[str, list[bool]],
+                 label: str, title: str, cols: int = 4, zoom: int = 4) -> Image.Image:
+    """Before/after pairs for the review: per prompt the base model's image beside the erased one, each
+    with the judge's reading under it (whether it sees `label`, e.g. "'Pip'"), and the prompt under the pair."""
+    import textwrap
+
+    from PIL import ImageDraw, ImageFont
+
+    font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=13)
+    n, h, w, _ = before.shape
+    iw, ih, gap, pad = w * zoom, h * zoom, 6, 24  # pairs further apart than their two images
+    pair_w = 2 * iw + gap
+    chars = max(12, int(pair_w / small.getlength("n")))  # wrap prompts to the pair's width
+    wrapped = [textwrap.wrap(p, chars)[:3] for p in prompts[:n]]
+    cap_h = 20 + 16 * max((len(x) for x in wrapped), default=1)
+    rows = math.ceil(n / cols)
+    head_h = 46
+    canvas = Image.new("RGB", (pad + cols * (pair_w + pad), head_h + rows * (ih + cap_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 8), title, fill="black", font=font)
+    draw.text((pad, 27), f"left: base model, right: erased; under each: does the judge see {label}?",
+              fill=(90, 90, 90), font=small)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        x, y = pad + c * (pair_w + pad), head_h + r * (ih + cap_h + pad)
+        for j, (when, images) in enumerate((("before", before), ("after", after))):
+            xi = x + j * (iw + gap)
+            canvas.paste(Image.fromarray(images[i]).resize((iw, ih), Image.NEAREST), (xi, y))
+            seen = bool(readings[when][i])
+            # After erasure a sighting is the failure to look for: red; before, it is expected.
+            colour = ((190, 30, 30) if seen else (20, 130, 50)) if when == "after" else (60, 60, 60)
+            draw.text((xi, y + ih + 2), f"{when}: {'seen' if seen else 'not seen'}", fill=colour, font=small)
+        for k, line in enumerate(wrapped[i]):
+            draw.text((x, y + ih + 18 + 16 * k), line, fill="black", font=small)
+    return canvas

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 
 from ..config import PipelineParams
 from ..delta import apply_delta, load_delta
 from ..io import atomic_dir, atomic_file
-from ..sampling import grid
+from ..sampling import grid, side_by_side
 from . import inputs
 from .generate import GENERIC, base_model, image_cache
 
@@ -34,24 +36,37 @@ def erased_model(params: PipelineParams):
 
 
 def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector) -> dict:
-    """One concept's metrics, and before/after grids of its target prompts (images, written later)."""
-    from ..evaluate import presence, summarize
+    """One concept's metrics, and its target prompts' images with the judge's reading of each (for
+    the grids, written later; under `_images`, never in metrics.json)."""
+    from ..evaluate import detections, share, summarize
 
     folder = params.paths.stage("generate") / inputs.slug(entry["concept"])
     record = inputs.read_json(folder / "probes.json", "generate")
     before = np.load(folder / "before.npz")
-    probes, after = {}, {}
+    probes, after, hits = {}, {}, {}
     for p in record["probes"]:
         after[p["name"]] = cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
-        probes[p["name"]] = {"before": presence(detector, before[p["name"]], p),
-                             "after": presence(detector, after[p["name"]], p),
+        hits[p["name"]] = {"before": detections(detector, before[p["name"]], p),
+                           "after": detections(detector, after[p["name"]], p)}
+        probes[p["name"]] = {"before": share(hits[p["name"]]["before"], p), "after": share(hits[p["name"]]["after"], p),
                              "n": len(p["prompts"]), "example_prompt": p["prompts"][0]}
     s = inputs.slug(entry["concept"])
-    target = record["probes"][0]["name"]
+    target = record["probes"][0]
+    name, k = target["name"], GRID_IMAGES
     return {"kind": entry["kind"], "method": record["method"], "anchor": record["anchor"], "slug": s,
             "probes": probes, "summary": summarize(probes),
-            "grids": {"before": f"grids/{s}-before.png", "after": f"grids/{s}-after.png"},
-            "_images": {"before": before[target][:GRID_IMAGES], "after": after[target][:GRID_IMAGES]}}
+            "grids": {"before": f"grids/{s}-before.png", "after": f"grids/{s}-after.png",
+                      "side_by_side": f"grids/{s}-side-by-side.png"},
+            "_images": {"before": before[name][:k], "after": after[name][:k], "prompts": target["prompts"][:k],
+                        "readings": {w: hits[name][w][:k].tolist() for w in ("before", "after")},
+                        "label": _judged(target)}}
+
+
+def _judged(probe: dict) -> str:
+    """What the judge looks for on a probe, for the grid: "'Pip'", "a copy of 'midnight-lantern.png'"."""
+    if probe["head"] == "copy":
+        return f"a copy of '{Path(probe['label'].lstrip('@')).name}'"
+    return f"'{probe['label']}'"
 
 
 def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
@@ -75,9 +90,15 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
     out = params.paths.stage("evaluate")
     with atomic_dir(out) as tmp:
         (tmp / "grids").mkdir()
-        for r in concepts.values():
-            for when, images in r["_images"].items():
-                grid(images, cols=8, zoom=3).save(tmp / r["grids"][when])
+        for concept, r in concepts.items():
+            im = r["_images"]
+            for when in ("before", "after"):
+                grid(im[when], cols=8, zoom=3).save(tmp / r["grids"][when])
+            s = r["summary"]
+            title = (f"{concept} ({r['kind']}, {r['method']}): target prompts, presence "
+                     f"{s['target_before']:.2f} -> {s['target_after']:.2f}")
+            side_by_side(im["before"], im["after"], im["prompts"], im["readings"], im["label"],
+                         title).save(tmp / r["grids"]["side_by_side"])
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         # summary/ and plots/ are small and committed to git (dvc.yaml: cache: false), so `dvc metrics diff`
         # and `dvc plots diff` read them at any commit; a file per concept is a row in `dvc metrics show`.
@@ -86,14 +107,20 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
             for name, data in files.items():
                 (tmp / folder / name).write_text(json.dumps(data, indent=1) + "\n")
     if track:  # after the folder is in place: MLflow's artifacts are copies of published files
-        from ..tracking import log_pipeline
+        from ..tracking import experiment_id as _experiment_id
+        from ..tracking import log_pipeline, review_url
 
         blocklist = inputs.read_json(params.paths.stage("ingest") / "blocklist.json", "ingest")
-        run_id = log_pipeline(params, metrics, out, _train(params), _previous_metrics(params), blocklist.get("sha256"))
+        previous, previous_metrics = _previous_release(params)
+        losses = params.paths.stage("erase") / "losses.json"
+        run_id = log_pipeline(params, metrics, out, _train(params), previous_metrics, blocklist.get("sha256"),
+                              losses=json.loads(losses.read_text()) if losses.is_file() else None,
+                              start_time_ms=_job_start(params), previous_release=previous)
         # Kept out of work/: run ids differ run to run, and releases must not.
         with atomic_file(params.paths.cache / "mlflow-run.json") as fh:
             json.dump({"run_id": run_id, "uri": params.tracking.uri, "experiment": params.tracking.experiment,
-                       "metrics_sha256": _sha256(out / "metrics.json")}, fh)
+                       "metrics_sha256": _sha256(out / "metrics.json"), "logged_ms": int(time.time() * 1000),
+                       "review": review_url("", _experiment_id(params))}, fh)
     return metrics
 
 
@@ -137,9 +164,31 @@ def _train(params: PipelineParams) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _previous_metrics(params: PipelineParams) -> dict | None:
+def _previous_release(params: PipelineParams) -> tuple[dict | None, dict | None]:
+    """({"release_id", "release_hash"}, metrics.json) of the release LATEST names, or (None, None)."""
     latest = params.paths.releases / "LATEST"
     if not latest.is_file():
+        return None, None
+    folder = params.paths.releases / latest.read_text().strip()
+    if not (folder / "metrics.json").is_file():
+        return None, None
+    manifest = folder / "manifest.json"
+    release_hash = json.loads(manifest.read_text()).get("release_hash") if manifest.is_file() else None
+    return {"release_id": folder.name, "release_hash": release_hash}, json.loads((folder / "metrics.json").read_text())
+
+
+JOB_START = "job-start.json"  # in params.paths.cache, written by ingest: when the job began
+
+
+def _job_start(params: PipelineParams) -> int | None:
+    """When this job's ingest ran (ms), the parent run's start; None (now) when that record is from an
+    earlier job, i.e. older than the last run logged (ingest was up to date and skipped)."""
+    try:
+        start = json.loads((params.paths.cache / JOB_START).read_text())["start_ms"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    path = params.paths.releases / latest.read_text().strip() / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        last = json.loads((params.paths.cache / "mlflow-run.json").read_text()).get("logged_ms", 0)
+    except (OSError, ValueError, AttributeError):
+        last = 0
+    return int(start) if int(start) > int(last or 0) else None

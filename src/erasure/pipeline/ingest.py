@@ -9,11 +9,12 @@ release's, so later stages can tell new work from old. Nothing is written when i
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from ..blocklist import Blocklist, BlocklistError, diff, load_blocklist
 from ..config import PipelineParams
-from ..io import atomic_dir
+from ..io import atomic_dir, atomic_file
 from .inputs import portable
 
 
@@ -51,6 +52,10 @@ def run(params: PipelineParams) -> dict:
     rid, previous = previous_release(params)
     changes = diff(blocklist, previous)
     sha256 = blocklist.sha256
+    # When the job began, for the MLflow parent run's start: in the cache, never in work/ (a time
+    # differs run to run, and work/ is versioned by DVC).
+    with atomic_file(params.paths.cache / "job-start.json") as fh:
+        json.dump({"start_ms": int(time.time() * 1000)}, fh)
     with atomic_dir(params.paths.stage("ingest")) as tmp:
         (tmp / "blocklist.json").write_text(_portable(blocklist).to_json())
         (tmp / "diff.json").write_text(json.dumps({"previous_release": rid, "blocklist_sha256": sha256, **changes},
