@@ -5,6 +5,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+# Under `pytest -n 2` each worker, and every process it starts, computes on one thread: in-process
+# results then equal a subprocess's bit for bit (thread count changes float reduction order).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -15,6 +15,7 @@ added to a block runs with it; tests/test_readme.py fails when a block is covere
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -114,6 +115,11 @@ def toy_params(path: Path) -> None:
 
 def make_project(tmp_path_factory):
     """A copy of the project (its code and the venv linked), with toy-sized params.yaml, as a git repo."""
+    # run.sh sets up the venv first: were it out of date, it would reinstall this venv from the copy
+    # (entry points pointing at a temporary folder). The suite's own setup (scripts/test.sh) makes it current.
+    stamp, want = VENV_BIN.parent / ".erasure-installed", hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    if not stamp.is_file() or stamp.read_text().strip() != want.hexdigest():
+        pytest.fail(f"{VENV_BIN.parent} is not set up for this pyproject.toml: run `bash scripts/setup.sh` first")
     tmp = tmp_path_factory.mktemp("readme")
     proj = tmp / "project"
     proj.mkdir()

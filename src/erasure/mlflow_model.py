@@ -43,10 +43,10 @@ class ErasedDiffusion(PythonModel):
         from diffusers import DiffusionPipeline
 
         folder = Path(context.artifacts["diffusers"])
-        kwargs = dict(use_safetensors=True)  # never unpickle weights
+        kwargs = {}
         if "safety_checker" in json.loads((folder / "model_index.json").read_text()):
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        self.pipe = DiffusionPipeline.from_pretrained(str(folder), **kwargs)
+        self.pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, **kwargs)  # never unpickle
         self.pipe.set_progress_bar_config(disable=True)
         config = context.model_config or {}
         self.steps, self.guidance = int(config.get("steps", 25)), float(config.get("guidance", 5.0))
