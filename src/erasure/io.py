@@ -143,7 +143,8 @@ def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -154,7 +155,7 @@ def _sha256(path: Path) -> str:
 def write_digest(path: Path, data: bytes | None = None) -> None:
     """Record the sha256 of `path` (whose bytes are `data`, when the caller has them)."""
     path = Path(path)
-    digest = hashlib.sha256(data).hexdigest() if data is not None else _sha256(path)
+    digest = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
     with atomic_file(_digest_path(path)) as fh:
         fh.write(digest + "\n")
 
@@ -168,7 +169,7 @@ def digest_problem(path: Path, data: bytes | None = None) -> str | None:
         return f"no content hash recorded ({_digest_path(path).name} missing)"
     except (OSError, UnicodeDecodeError) as exc:
         return f"its content hash record is unreadable ({exc})"
-    actual = hashlib.sha256(data).hexdigest() if data is not None else _sha256(path)
+    actual = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
     if actual != recorded:
         return (f"its content (sha256 {actual[:12]}) does not match the hash recorded when it was written "
                 f"({recorded[:12]})")

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from .config import PipelineParams
-from .io import atomic_dir, atomic_file, owner_tag, sweep_stale
+from .io import atomic_dir, atomic_file, file_sha256, owner_tag, sweep_stale
 from .model_card import model_card
 
 GATES = ("target_max", "reduction_min", "neighbour_max_drop")
@@ -100,21 +100,13 @@ def code_version() -> str:
     return rev.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _portable_blocklist(blocklist: dict) -> dict:
     """The blocklist with reference images named by file name and content hash, not by path."""
     entries = []
     for e in blocklist["entries"]:
         e = dict(e)
         if "reference_images" in e:
-            e["reference_images"] = [f"{Path(r).name} sha256:{_sha256(Path(r))}" for r in e["reference_images"]]
+            e["reference_images"] = [f"{Path(r).name} sha256:{file_sha256(Path(r))}" for r in e["reference_images"]]
         entries.append(e)
     return {"entries": entries, "sha256": blocklist["sha256"]}
 
@@ -139,7 +131,7 @@ def build(folder: Path, *, params: PipelineParams, metrics: dict, gates: list[di
     for name, data in files.items():
         (folder / name).write_text(json.dumps(data, indent=1, sort_keys=True))
     (folder / "MODEL_CARD.md").write_text(model_card(metrics, gates, files["blocklist.json"], lineage))
-    manifest = {str(p.relative_to(folder).as_posix()): _sha256(p)
+    manifest = {str(p.relative_to(folder).as_posix()): file_sha256(p)
                 for p in sorted(folder.rglob("*")) if p.is_file()}
     release_hash = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps({"files": manifest, "release_hash": release_hash}, indent=1,
