@@ -80,7 +80,9 @@ class Concept(BaseModel):
 
 def check_encodable(tokenizer, text: str, field: str = "concept") -> list[int]:
     """Token ids of `text` (without special tokens); raise if the tokenizer cannot encode it whole."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    # verbose=False: an over-long text is reported below as one error; transformers' own warning
+    # goes through whatever logging handlers the host installed (Prefect's can print a traceback).
+    ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
     if not ids:
         raise ConceptError(f"{field} {preview(text)}: the tokenizer encodes it as no tokens at all")
     unk = tokenizer.unk_token_id
