@@ -69,3 +69,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    """{family: folder} of tiny random-init pipelines of every family (tests/families.py), built once."""
+    from families import FAMILIES, build
+
+    root = tmp_path_factory.mktemp("families")
+    return {f: build(f, root / f) for f in FAMILIES}
