@@ -99,7 +99,9 @@ def export(base: str, delta_path: Path, out: Path) -> Path:
     from .models import load_pipeline, source_folder, weights_hash
 
     tensors, meta = load_delta(delta_path)
-    pipe = load_pipeline(base)
+    # Every component as the base model has it (its safety checker and feature extractor too): the
+    # export differs from the base only by the delta.
+    pipe = load_pipeline(base, keep_safety_checker=True)
     apply_delta(pipe, tensors, meta, weights_hash(source_folder(base)))
     # diffusers records the folder each config was read from; record the base as given instead, so
     # the export (and a release's hash) does not depend on where the project is checked out.

@@ -37,16 +37,13 @@ def _rows(model_input) -> tuple[list[str], list[int]]:
 
 class ErasedDiffusion(PythonModel):
     def load_context(self, context):
-        import json
         from pathlib import Path
 
         from diffusers import DiffusionPipeline
 
         folder = Path(context.artifacts["diffusers"])
-        kwargs = {}
-        if "safety_checker" in json.loads((folder / "model_index.json").read_text()):
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        self.pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, **kwargs)  # never unpickle
+        # Served as released: with the base model's safety checker when it has one. Never unpickle.
+        self.pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
         self.pipe.set_progress_bar_config(disable=True)
         config = context.model_config or {}
         self.steps, self.guidance = int(config.get("steps", 25)), float(config.get("guidance", 5.0))

@@ -43,21 +43,26 @@ def resolve(spec: str) -> Path | str:
                          "'owner/name' (or use 'miniworld', the embedded default)")
 
 
-def load_pipeline(spec: str = MINIWORLD, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """A diffusers pipeline (SD 1.x / 2.x / XL) with no safety checker, ready to sample.
+def load_pipeline(spec: str = MINIWORLD, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                  keep_safety_checker: bool = False):
+    """A diffusers pipeline (SD 1.x / 2.x / XL), ready to sample.
+
+    Without its safety checker by default: erasure and evaluation must see the model's raw outputs
+    (the checker blacks out what it flags). `keep_safety_checker=True` loads every component the
+    folder has, as export does: a released model keeps the base model's NSFW filter.
 
     Thread-safe: loading builds modules on the meta device through process-wide switches, so two
     threads loading at once (per-concept flow tasks) would corrupt each other; one loads at a time.
     """
     with LOADING:
-        return _load_pipeline(spec, dtype, device)
+        return _load_pipeline(spec, dtype, device, keep_safety_checker)
 
 
 # Held by every model build that may run beside a pipeline load in another thread (the detector).
 LOADING = threading.Lock()
 
 
-def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
+def _load_pipeline(spec: str, dtype: torch.dtype, device: str, keep_safety_checker: bool):
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -69,7 +74,7 @@ def _load_pipeline(spec: str, dtype: torch.dtype, device: str):
     kwargs = dict(dtype=dtype)
     try:
         index = _model_index(target)
-        if index is not None and "safety_checker" in index:
+        if not keep_safety_checker and index is not None and "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         pipe = DiffusionPipeline.from_pretrained(str(target), use_safetensors=True, **kwargs)
     except ModelLoadError:
@@ -133,12 +138,55 @@ def source_folder(spec: str) -> Path:
         raise ModelLoadError(_explain(spec, target, exc)) from exc
 
 
+# Bookkeeping keys that save_pretrained writes but that do not change the model: where it was read
+# from and which library version wrote it. Hashing them would give a copied or re-saved folder a
+# new identity; everything else in a config (scheduler class, prediction type, betas, sizes) does.
+_BOOKKEEPING = frozenset({"_name_or_path", "name_or_path", "_diffusers_version", "transformers_version",
+                          "_commit_hash", "is_local", "local_files_only"})
+# What from_pretrained reads from a component folder besides safetensors weights (configs, vocabularies).
+_CONFIG_SUFFIXES = (".json", ".txt", ".model")
+
+
 def weights_hash(folder: Path) -> str:
-    """sha256 over every safetensors file in a pipeline folder (path and bytes), in sorted order."""
+    """The model's identity: sha256 over model_index.json and, in every component folder it names,
+    the safetensors weights (bytes) and the config and vocabulary files (JSON parsed, bookkeeping keys
+    dropped). Two folders with the same weights and another scheduler (v-prediction DDIM vs Euler)
+    hash differently; the same model moved, copied or re-saved hashes the same."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
     h = hashlib.sha256()
-    for f in sorted(Path(folder).rglob("*.safetensors")):
-        h.update(str(f.relative_to(folder)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    h.update(b"model_index.json")
+    h.update(_config_bytes(index))
+    try:
+        components = sorted(k for k, v in json.loads(index.read_text()).items()
+                            if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{index}: unreadable or not a diffusers model index: {exc}") from exc
+    for comp in components:
+        for f in sorted(p for p in (folder / comp).rglob("*") if p.is_file()):
+            rel = f.relative_to(folder)
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            if f.suffix == ".safetensors":
+                h.update(str(rel).encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            elif f.suffix in _CONFIG_SUFFIXES:
+                h.update(str(rel).encode())
+                h.update(_config_bytes(f))
     return h.hexdigest()
+
+
+def _config_bytes(path: Path) -> bytes:
+    """A config file's content as hashed: JSON canonical and without bookkeeping keys, else raw bytes."""
+    data = path.read_bytes()
+    if path.suffix != ".json":
+        return data
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(parsed, dict):
+        parsed = {k: v for k, v in parsed.items() if k not in _BOOKKEEPING}
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
