@@ -1,0 +1,21 @@
+"""The closed set of judges; the only place outside miniworld/ that may reach miniworld code."""
+
+from __future__ import annotations
+
+from .base import Judge, JudgeError
+
+JUDGES = ("miniworld", "clip", "nudenet", "copy")
+
+
+def build(name: str, **params) -> Judge:
+    if name not in JUDGES:
+        raise JudgeError(f"unknown judge {name!r}; expected one of {', '.join(JUDGES)}")
+    if name == "miniworld":
+        from .miniworld import MiniworldJudge
+
+        return MiniworldJudge(**params)
+    if name == "clip":
+        from .clip import ClipJudge
+
+        return ClipJudge(**params)
+    raise JudgeError(f"judge {name!r} is not built yet in this branch")
