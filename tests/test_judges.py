@@ -73,3 +73,40 @@ def test_miniworld_judge_equals_evaluate():
     head = sorted(HEADS)[0]
     probe = {"name": "p", "head": head, "label": HEADS[head][0]}
     np.testing.assert_array_equal(judge.detect(images, probe), detections(det, images, probe))
+
+
+def _ref_probe(tmp_path, image):
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    return {"name": "memorized", "target": {"kind": "memorized", "text": "x", "contrast": None,
+                                            "reference": str(tmp_path / "ref.png")}}
+
+
+def test_copy_by_clip(tiny_clip, tmp_path):
+    clip = build("clip", model=str(tiny_clip))
+    judge = build("copy", clip=clip, threshold=0.99)
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    probe = _ref_probe(tmp_path, images[0])
+    s = judge.score(images, probe)
+    assert s[0] == pytest.approx(1.0, abs=1e-5) and s[1] < s[0]
+    assert judge.detect(images, probe)[0]
+    assert judge.describe()["threshold"] == 0.99
+
+
+def test_copy_by_sscd_torchscript(tmp_path):
+    class Desc(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))  # per-channel means: a toy descriptor the test can reason about
+
+    torch.jit.script(Desc()).save(str(tmp_path / "sscd.pt"))
+    judge = build("copy", sscd=str(tmp_path / "sscd.pt"), threshold=0.5)
+    img = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    img[0, ..., 0] = 255  # red: same descriptor as the reference
+    img[1, ..., 2] = 255  # blue
+    probe = _ref_probe(tmp_path, img[0])
+    np.testing.assert_array_equal(judge.detect(img, probe), [True, False])
+    assert len(judge.describe()["sha256"]) == 64
+    with pytest.raises(JudgeError, match="is not a file"):
+        build("copy", sscd=str(tmp_path / "absent.pt"))
