@@ -23,7 +23,5 @@ def build(name: str, **params) -> Judge:
 
         return CopyJudge(**params)
     if name == "nudenet":
-        from .nudenet import NudeNetJudge
-
-        return NudeNetJudge(**params)
+        raise JudgeError("judge 'nudenet' is not built yet (branch judges): choose miniworld, clip or copy")
     raise AssertionError(name)
