@@ -1,0 +1,66 @@
+"""Copy detection for memorized images: SSCD descriptor cosine (the CA paper's metric, > 0.5) from a
+TorchScript file the user gives, or CLIP image-embedding cosine when none is given.
+
+torch.jit.load is the only non-safetensors load in the project: it runs only on the user's own file
+named by path in params.yaml (evaluate.copy.sscd), never on anything downloaded or cached by us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import Judge, JudgeError, target
+
+# SSCD's own preprocessing (ImageNet mean/std, 288 px short side in its paper; the file fixes the size).
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class CopyJudge(Judge):
+    name = "copy"
+
+    def __init__(self, sscd: str | None = None, threshold: float = 0.5, clip=None):
+        self.threshold = float(threshold)
+        self.sscd_path = sscd
+        if sscd is not None:
+            p = Path(sscd)
+            if not p.is_file():
+                raise JudgeError(f"copy judge: evaluate.copy.sscd {sscd!r} is not a file (an SSCD TorchScript .pt)")
+            self.sscd_hash = hashlib.sha256(p.read_bytes()).hexdigest()
+            self.sscd = torch.jit.load(str(p), map_location="cpu").eval()
+            self.clip = None
+        else:
+            if clip is None:
+                raise JudgeError("copy judge: no evaluate.copy.sscd file and no CLIP judge to embed with")
+            self.clip = clip
+
+    @torch.no_grad()
+    def embed(self, images: np.ndarray) -> torch.Tensor:
+        if self.clip is not None:
+            return self.clip.image_features(images)
+        x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() / 255.0
+        return torch.nn.functional.normalize(self.sscd((x - _MEAN) / _STD).float(), dim=-1)
+
+    def score(self, images: np.ndarray, probe: dict) -> np.ndarray:
+        ref = target(probe, self.name).get("reference")
+        if not ref:
+            raise JudgeError(f"copy judge: probe {probe.get('name')!r} has no target.reference image")
+        from PIL import Image
+
+        r = Path(ref)
+        if not r.is_file():
+            raise JudgeError(f"copy judge: reference image {ref!r} of probe {probe.get('name')!r} is not a file")
+        ref_img = np.asarray(Image.open(r).convert("RGB").resize(images.shape[2:0:-1]))[None]
+        return (self.embed(images) @ self.embed(ref_img).T)[:, 0].numpy().astype(np.float64)
+
+    def detect(self, images: np.ndarray, probe: dict) -> np.ndarray:
+        return self.score(images, probe) > self.threshold
+
+    def describe(self) -> dict:
+        model = ({"model": "sscd", "sha256": self.sscd_hash, "path": self.sscd_path} if self.clip is None
+                 else {"model": "clip image cosine", "clip": self.clip.model_id})
+        return {"judge": self.name, **model, "threshold": self.threshold}

@@ -1,0 +1,112 @@
+"""Judges: the closed registry, the clip judge on a tiny random CLIP, the miniworld judge's numbers."""
+
+import numpy as np
+import pytest
+import torch
+
+from erasure.judges import JudgeError, build
+
+
+def test_registry_refuses_unknown_name():
+    with pytest.raises(JudgeError, match="unknown judge 'inception'.*miniworld, clip, nudenet, copy"):
+        build("inception")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer)
+
+    d = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                      num_hidden_layers=1, vocab_size=64, max_position_embeddings=16,
+                                      bos_token_id=0, eos_token_id=1, pad_token_id=1),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                        num_hidden_layers=1, image_size=32, patch_size=8),
+                     projection_dim=8)
+    CLIPModel(cfg).save_pretrained(d, safe_serialization=True)
+    chars = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    import json
+
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=16)
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    proc.save_pretrained(d)
+    return d
+
+
+def test_clip_judge_accuracy_and_score(tiny_clip):
+    judge = build("clip", model=str(tiny_clip))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    probe = {"name": "target", "target": {"kind": "style", "text": "vasquez", "contrast": "painting"}}
+    s = judge.score(images, probe)
+    assert s.shape == (3,) and np.isfinite(s).all() and np.ptp(s) > 0
+    np.testing.assert_array_equal(judge.detect(images, probe), s > 0)
+    swapped = {"name": "t", "target": {"kind": "style", "text": "painting", "contrast": "vasquez"}}
+    np.testing.assert_allclose(judge.score(images, swapped), -s, atol=1e-6)
+    cs = judge.clip_score(images, ["a cat", "a dog", "a car"])
+    assert ((cs >= 0) & (cs <= 100)).all()
+    assert judge.describe()["model"] == str(tiny_clip)
+    with pytest.raises(JudgeError, match="no target.text"):
+        judge.score(images, {"name": "x"})
+
+
+def test_clip_judge_missing_model_is_one_clear_error(tmp_path):
+    with pytest.raises(JudgeError, match="cannot load CLIP model"):
+        build("clip", model=str(tmp_path / "absent"))
+
+
+def test_miniworld_judge_equals_evaluate():
+    from erasure.detectors.miniworld import HEADS, MiniworldDetector
+    from erasure.evaluate import detections
+
+    det = MiniworldDetector.load()
+    judge = build("miniworld", detector=det)
+    images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    head = sorted(HEADS)[0]
+    probe = {"name": "p", "head": head, "label": HEADS[head][0]}
+    np.testing.assert_array_equal(judge.detect(images, probe), detections(det, images, probe))
+
+
+def _ref_probe(tmp_path, image):
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    return {"name": "memorized", "target": {"kind": "memorized", "text": "x", "contrast": None,
+                                            "reference": str(tmp_path / "ref.png")}}
+
+
+def test_copy_by_clip(tiny_clip, tmp_path):
+    clip = build("clip", model=str(tiny_clip))
+    judge = build("copy", clip=clip, threshold=0.99)
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    probe = _ref_probe(tmp_path, images[0])
+    s = judge.score(images, probe)
+    assert s[0] == pytest.approx(1.0, abs=1e-5) and s[1] < s[0]
+    assert judge.detect(images, probe)[0]
+    assert judge.describe()["threshold"] == 0.99
+
+
+def test_copy_by_sscd_torchscript(tmp_path):
+    class Desc(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))  # per-channel means: a toy descriptor the test can reason about
+
+    torch.jit.script(Desc()).save(str(tmp_path / "sscd.pt"))
+    judge = build("copy", sscd=str(tmp_path / "sscd.pt"), threshold=0.5)
+    img = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    img[0, ..., 0] = 255  # red: same descriptor as the reference
+    img[1, ..., 2] = 255  # blue
+    probe = _ref_probe(tmp_path, img[0])
+    np.testing.assert_array_equal(judge.detect(img, probe), [True, False])
+    assert len(judge.describe()["sha256"]) == 64
+    with pytest.raises(JudgeError, match="is not a file"):
+        build("copy", sscd=str(tmp_path / "absent.pt"))
