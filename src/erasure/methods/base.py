@@ -115,6 +115,13 @@ class Bench:
         return dict(self.pipe.scheduler.config)
 
     @property
+    def family(self):
+        """Prediction space, forward process and trajectory sampler of the model (families.py)."""
+        from ..families import of
+
+        return of(self.scheduler_config)
+
+    @property
     def num_train_timesteps(self) -> int:
         return int(self.pipe.scheduler.config.num_train_timesteps)
 
@@ -151,10 +158,17 @@ class Bench:
         return _chunked(self._base if self._base is not None else self.model, x, t, cond)
 
     def noised(self, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Forward-process samples: (x_t, t, noise) with t uniform over the training timesteps."""
+        """Forward-process samples: (x_t, t, noise) with t uniform over the training timesteps, from
+        the DDPM process of the training schedule whatever sampler the model ships (families.py)."""
         t = torch.randint(0, self.num_train_timesteps, (len(latents),), generator=gen)
         noise = torch.randn(latents.shape, generator=gen)
-        return self.pipe.scheduler.add_noise(latents, noise, t), t, noise
+        return self.family.add_noise(latents, noise, t), t, noise
+
+    def noised_rows(self, latents: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """`noised` as pool rows x, t, noise, plus the target in the model's prediction space where it
+        is not the noise (`velocity`; read it back with families.denoising_target)."""
+        x, t, noise = self.noised(latents, gen)
+        return {"x": x, "t": t, "noise": noise} | self.family.target_rows(latents, noise, t)
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
