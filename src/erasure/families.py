@@ -45,6 +45,7 @@ class Family:
 
     @property
     def scheduler_class(self) -> str:
+        """The config's `_class_name` (Bench.scheduler_config sets it to the class in use); DDIM without."""
         return self.scheduler_config.get("_class_name", "DDIMScheduler")
 
     @cached_property

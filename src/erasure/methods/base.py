@@ -112,7 +112,8 @@ class Bench:
 
     @property
     def scheduler_config(self) -> dict:
-        return dict(self.pipe.scheduler.config)
+        # with the class actually in use (a scheduler swapped in code has no `_class_name` of its own)
+        return dict(self.pipe.scheduler.config) | {"_class_name": type(self.pipe.scheduler).__name__}
 
     @property
     def family(self):
