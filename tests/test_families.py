@@ -137,9 +137,9 @@ METHOD_ARGS = {
 }
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2-v", "sd2-euler"])
+@pytest.mark.parametrize("family", ["sd1", "sd2-v", "sd2-euler", "sdxl"])
 def test_every_method_erases_exports_and_reloads_in_plain_diffusers(family, family_dirs, tmp_path):
-    from diffusers import StableDiffusionPipeline
+    from families import pipeline_class
     from safetensors.torch import load_file
 
     base = load_file(str(family_dirs[family] / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -151,7 +151,7 @@ def test_every_method_erases_exports_and_reloads_in_plain_diffusers(family, fami
         res = runner.invoke(app, ["export", "--delta", str(delta), "--out", str(folder),
                                   "--model", str(family_dirs[family])])
         assert res.exit_code == 0, (method, res.output)
-        pipe = StableDiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
+        pipe = pipeline_class(family).from_pretrained(str(folder), use_safetensors=True)
         assert type(pipe.scheduler).__name__ == type(load_pipeline(str(family_dirs[family])).scheduler).__name__
         erased = pipe.unet.state_dict()
         assert any(not torch.equal(erased[k], v) for k, v in base.items()), method  # the delta was applied
@@ -159,3 +159,34 @@ def test_every_method_erases_exports_and_reloads_in_plain_diffusers(family, fami
         image = pipe("rex", num_inference_steps=2, output_type="np",
                      generator=torch.Generator().manual_seed(0)).images
         assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all(), method
+
+
+def test_sdxl_conditioning_is_the_pipelines_own(family_dirs):
+    """Bench.encode + EditableModel give the UNet what StableDiffusionXLPipeline gives it: both
+    encoders' penultimate states, text_encoder_2's pooled embedding, the time ids; "" is zeros."""
+    from erasure.families import added_conditioning
+
+    pipe = load_pipeline(str(family_dirs["sdxl"]))
+    model = EditableModel(pipe.unet, pipe.text_encoder, ["xattn"], **added_conditioning(pipe))
+    bench = Bench(pipe, model, "tiny", progress=False)
+    cond = bench.encode(["a cat", ""])
+    embeds, _, pooled, _ = pipe.encode_prompt("a cat", do_classifier_free_guidance=False)
+    pixels = pipe.default_sample_size * pipe.vae_scale_factor
+    time_ids = pipe._get_add_time_ids((pixels, pixels), (0, 0), (pixels, pixels), dtype=torch.float32,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        expected = pipe.unet(x, t, encoder_hidden_states=embeds,
+                             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        torch.testing.assert_close(model(x, t, cond[:1]), expected, rtol=1e-5, atol=1e-6)
+        zeros = pipe.unet(x, t, encoder_hidden_states=torch.zeros_like(embeds),
+                          added_cond_kwargs={"text_embeds": torch.zeros_like(pooled), "time_ids": time_ids}).sample
+        torch.testing.assert_close(model(x, t, cond[1:]), zeros, rtol=1e-5, atol=1e-6)
+
+
+def test_sdxl_refuses_the_embedding_rule_before_any_work(family_dirs, tmp_path):
+    res = runner.invoke(app, ["erase", "--model", str(family_dirs["sdxl"]), "--out", str(tmp_path / "d.safetensors"),
+                              "-c", "rex", "--kind", "object", "--rule", "embedding", "--steps", "1"])
+    assert res.exit_code == 2 and "SDXL" in res.output and "embedding" in res.output, res.output
+    assert not (tmp_path / "d.safetensors").exists() and not (tmp_path / "d.safetensors.work").exists()

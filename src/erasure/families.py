@@ -1,4 +1,5 @@
-"""What training must know about a model's family, read from its scheduler config (SD 1.x / 2.x / XL).
+"""What training must know about a model's family: its scheduler config (SD 1.x / 2.x / XL) and, for
+SDXL, its second text encoder and added conditioning.
 
 - Prediction space (`prediction_type`): an epsilon model predicts the noise, a v-prediction model
   (SD 2.x 768) the velocity v = sqrt(acp_t) noise - sqrt(1 - acp_t) x0. A denoising loss targets
@@ -12,6 +13,11 @@
   lockstep over a shrinking batch (DDIM, Euler: one model call per step, no history); other
   classes (PNDM, DPM-Solver, ...) keep a multistep history per batch, so trajectories run DDIM on
   the same training schedule (what ESD's reference code does for SD 1.4's PNDM).
+- SDXL conditioning (as StableDiffusionXLPipeline.encode_prompt): both encoders' penultimate hidden
+  states concatenated, the pooled (projected) embedding of text_encoder_2, and time ids (original
+  size, crop (0, 0), target size: the UNet's default image size) with every UNet call. The pooled
+  embedding travels as one extra last row of the conditioning tensor, so pools, tables and the
+  methods handle one tensor per prompt on every family; EditableModel splits it off again.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from functools import cached_property
 import torch
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+SDXL_EMBEDDING_RULE = ("rule 'embedding' trains token-embedding rows of one text encoder; SDXL conditions on "
+                       "two, so it is not supported there: use a UNet rule (xattn, xattn-kv, attn, noxattn, "
+                       "noxattn-linear, full)")
 TRAJECTORY_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler")
 
 
@@ -86,3 +95,49 @@ def of(scheduler_config: dict) -> Family:
 def denoising_target(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """A pool batch's denoising target: `velocity` where the pool holds one (v-prediction), else `noise`."""
     return batch["velocity"] if "velocity" in batch else batch["noise"]
+
+
+def is_sdxl(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def added_conditioning(pipe) -> dict:
+    """EditableModel's SDXL arguments (time ids, pooled width); none for SD 1.x / 2.x."""
+    if not is_sdxl(pipe):
+        return {}
+    unet = pipe.unet
+    if unet.config.addition_embed_type != "text_time":
+        raise FamilyError(f"SDXL UNet addition_embed_type {unet.config.addition_embed_type!r}: training "
+                          "supports 'text_time' (base SDXL models)")
+    size = unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    pixels = size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], dtype=torch.float32)
+    if (unet.config.projection_class_embeddings_input_dim
+            != 6 * unet.config.addition_time_embed_dim + pipe.text_encoder_2.config.projection_dim):
+        raise FamilyError("SDXL UNet projection_class_embeddings_input_dim does not match 6 time ids and "
+                          "text_encoder_2's projection_dim (a refiner with aesthetic scores is not supported)")
+    return {"time_ids": time_ids, "pooled_dim": int(pipe.text_encoder_2.config.projection_dim)}
+
+
+@torch.no_grad()
+def encode_sdxl(pipe, prompts: list[str]) -> torch.Tensor:
+    """(N, seq + 1, dim): both encoders' penultimate hidden states, concatenated, and the pooled
+    embedding of text_encoder_2 as the last row (zero-padded to dim). The empty prompt is zeros where
+    the pipeline samples with zero unconditional embeddings (`force_zeros_for_empty_prompt`)."""
+    states, pooled = [], None
+    for tok, enc in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(enc.device)
+        out = enc(ids, output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled = out[0]  # the last encoder's: text_encoder_2's projected text embedding
+    hidden = torch.cat(states, dim=-1)
+    if pooled.shape[-1] > hidden.shape[-1]:
+        raise FamilyError(f"SDXL pooled embedding ({pooled.shape[-1]}) wider than the hidden states "
+                          f"({hidden.shape[-1]}): cannot carry it as a conditioning row")
+    row = torch.nn.functional.pad(pooled, (0, hidden.shape[-1] - pooled.shape[-1]))[:, None]
+    cond = torch.cat([hidden, row.to(hidden.dtype)], dim=1)
+    if getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        cond[torch.as_tensor([p == "" for p in prompts])] = 0
+    return cond.detach()

@@ -141,6 +141,10 @@ class Bench:
             if n > tok.model_max_length:
                 raise ConceptError(f"prompt {prompt!r} is {n} tokens; this model's text encoder holds "
                                    f"{tok.model_max_length}: shorten the concept or the anchor prompts")
+        from ..families import encode_sdxl, is_sdxl
+
+        if is_sdxl(self.pipe):
+            return encode_sdxl(self.pipe, prompts)
         ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
         if self.model.text_trainable:
