@@ -46,10 +46,19 @@ class PatchedEmbedding(nn.Module):
 
 class EditableModel(nn.Module):
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, rules: list[str],
-                 embedding_token_ids: list[int] | None = None):
+                 embedding_token_ids: list[int] | None = None, time_ids: torch.Tensor | None = None,
+                 pooled_dim: int | None = None):
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
+        # SDXL (families.added_conditioning): the conditioning's last row carries the pooled text
+        # embedding (its first `pooled_dim` values), passed with the time ids as added_cond_kwargs.
+        self.pooled_dim = pooled_dim
+        self.register_buffer("time_ids", time_ids, persistent=False)
+        if time_ids is not None and "embedding" in rules:
+            from .families import SDXL_EMBEDDING_RULE
+
+            raise ValueError(SDXL_EMBEDDING_RULE)
         for p in self.parameters():
             p.requires_grad_(False)
         self.unet_trainable: dict[str, nn.Parameter] = {}
@@ -75,7 +84,10 @@ class EditableModel(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if cond.dtype == torch.long:
             cond = self.text_encoder(cond)[0]
-        return self.unet(x, t, encoder_hidden_states=cond).sample
+        if self.time_ids is None:
+            return self.unet(x, t, encoder_hidden_states=cond).sample
+        added = {"text_embeds": cond[:, -1, :self.pooled_dim], "time_ids": self.time_ids.expand(len(x), -1)}
+        return self.unet(x, t, encoder_hidden_states=cond[:, :-1], added_cond_kwargs=added).sample
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """Trainable parameters by their name in this module."""

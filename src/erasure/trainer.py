@@ -34,6 +34,7 @@ from .concept import Concept, ConceptError, check_encodable, content_token_ids
 from .codehash import code_hash
 from .delta import DeltaError, apply_delta, load_delta, save_delta
 from .editable import EditableModel
+from .families import SDXL_EMBEDDING_RULE, added_conditioning, is_sdxl
 from .frozen import FrozenOriginal
 from .io import CacheWarning, atomic_file, digest_problem, save_safetensors, write_digest
 from .methods.base import Bench, Options, Pool
@@ -186,9 +187,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     cached prefix starts after it, so adding a concept to a sequential run trains only that concept,
     and ends in the same weights as a run from scratch.
     """
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ValueError("erasure training supports pipelines with one text encoder (SD 1.x / 2.x); "
-                         "SDXL's second encoder and added conditioning are not supported yet")
+    if is_sdxl(pipe) and any(j.rule == "embedding" for j in jobs):
+        raise ValueError(SDXL_EMBEDDING_RULE)
+    added = added_conditioning(pipe)  # SDXL: time ids and pooled width (a bad UNet config fails here)
     check_prompts(pipe.tokenizer, jobs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for j in jobs:
@@ -227,7 +228,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     rules = sorted({j.rule for j in jobs})
     token_ids = sorted({i for j in jobs if j.rule == "embedding"
                         for i in content_token_ids(pipe.tokenizer, j.concept.text)})
-    model = EditableModel(pipe.unet, pipe.text_encoder, rules, token_ids)
+    model = EditableModel(pipe.unet, pipe.text_encoder, rules, token_ids, **added)
     if any(getattr(j.options, "stop_sot", False) for j in jobs):
         model.stop_gradient_first_token()
     if settings.gradient_checkpointing:

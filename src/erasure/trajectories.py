@@ -1,4 +1,9 @@
-"""Partial DDIM trajectories, the x_t of ESD and All-but-One: sample from noise, stop after k steps.
+"""Partial trajectories, the x_t of ESD and All-but-One: sample from noise, stop after k steps.
+
+The sampler is the model's own scheduler class where it steps in lockstep (DDIM, Euler), else DDIM
+on the same training schedule (families.py). What is recorded is the UNet's input at the stop
+step (`scale_model_input`: Euler's x / sqrt(sigma^2 + 1), DDIM's x itself) and that step's
+timestep, so training sees the inputs the model sees when sampling.
 
 Run for a whole batch in lockstep: sample i stops after `stops[i]` of `num_steps` steps, and only
 samples still running are evaluated at each step. With the frozen model as the sampler (the newer
@@ -10,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import DDIMScheduler
 
+from .families import of as family_of
 from .progress import Progress
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -25,15 +30,16 @@ def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor,
                          desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t and t for each sample; cond is (n, seq, dim) or (1, seq, dim), uncond (1, seq, dim).
 
-    `eps(x, t, emb)` predicts noise for a batch at one timestep. Sample i runs classifier-free
-    guided DDIM for `stops[i]` steps (0 <= stops[i] < num_steps); t is the timestep it reached.
+    `eps(x, t, emb)` is the model's output for a batch at one timestep. Sample i runs classifier-free
+    guided sampling for `stops[i]` steps (0 <= stops[i] < num_steps); x is the model input there and
+    t the timestep it reached (long for DDIM; the scheduler's float timesteps for Euler).
     The starting noise is drawn from `generator` unless given as `noise`. `desc`: show progress
     (a pool's trajectories; in sample-steps, since a step costs as many samples as are still running).
     """
     n = len(stops)
     if int(stops.min()) < 0 or int(stops.max()) >= num_steps:
         raise ValueError(f"stops must lie in [0, {num_steps}), got [{int(stops.min())}, {int(stops.max())}]")
-    sched = DDIMScheduler.from_config(scheduler_config)
+    sched = family_of(scheduler_config).trajectory_scheduler()
     sched.set_timesteps(num_steps)
     cond = cond.expand(n, *cond.shape[1:]) if cond.shape[0] == 1 else cond
     if noise is None:
@@ -42,19 +48,21 @@ def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor,
         noise = torch.randn((n, *latent_shape), generator=generator, dtype=dtype)
     x = noise.clone() * sched.init_noise_sigma
     out_x = torch.empty_like(x)
-    out_t = torch.empty(n, dtype=torch.long)
+    out_t = torch.empty(n, dtype=sched.timesteps.dtype)
     bar = Progress(int(stops.sum()), desc or "", "sample-step", enabled=desc is not None)
     for k, t in enumerate(sched.timesteps):
+        x_in = sched.scale_model_input(x, t)  # DDIM: x itself
         reached = stops == k
-        out_x[reached] = x[reached]
-        out_t[reached] = int(t)
+        out_x[reached] = x_in[reached]
+        out_t[reached] = t
         active = stops > k
         if not active.any():
             break
-        xa = x[active]
+        xa = x_in[active]
         emb = torch.cat([uncond.expand(len(xa), *uncond.shape[1:]), cond[active]])
         e_u, e_c = eps(torch.cat([xa, xa]), t, emb).chunk(2)
-        x[active] = sched.step(e_u + guidance * (e_c - e_u), t, xa).prev_sample
+        # one step() per timestep (Euler counts them), on the active samples' unscaled x
+        x[active] = sched.step(e_u + guidance * (e_c - e_u), t, x[active]).prev_sample
         bar.update(len(xa))
     bar.close()
     return out_x, out_t

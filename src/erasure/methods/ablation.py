@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from ..concept import Concept, ConceptError
+from ..families import denoising_target
 from ..prompts import anchor_prompts, target_prompt
 from .base import Bench, Defaults, Options, Pool, mse, prompt_table, reference_images
 
@@ -87,16 +88,15 @@ class ConceptAblation:
         t_distinct, t_of_anchor = prompt_table([target_prompt(concept, p, i) for i, p in enumerate(distinct)])
         conds = {"a": bench.encode(distinct), "c": bench.encode(t_distinct)}
         pick = torch.randint(0, len(z), (size,), generator=gen)
-        x, t, noise = bench.noised(z[pick], gen)
-        rows = {"x": x, "t": t, "noise": noise, "a_idx": a_idx[pick], "c_idx": t_of_anchor[a_idx[pick]]}
+        rows = bench.noised_rows(z[pick], gen) | {"a_idx": a_idx[pick], "c_idx": t_of_anchor[a_idx[pick]]}
         if options.loss == "model" and options.target_from == "frozen":
-            rows["target"] = bench.eps(x, t, conds["a"][rows["a_idx"]])
+            rows["target"] = bench.eps(rows["x"], rows["t"], conds["a"][rows["a_idx"]])
         return Pool(rows, conds)
 
     def loss(self, model, batch: dict[str, torch.Tensor], options: CAOptions, bench: Bench) -> torch.Tensor:
         x, t = batch["x"], batch["t"]
-        if options.loss == "noise":
-            target = batch["noise"]
+        if options.loss == "noise":  # the denoising target: the noise, or the velocity (v-prediction)
+            target = denoising_target(batch)
         elif options.target_from == "frozen":
             target = batch["target"]
         else:
@@ -104,7 +104,7 @@ class ConceptAblation:
                 target = model(x, t, batch["a"]).detach()
         loss = mse(model(x, t, batch["c"]), target)
         if options.regularization:
-            loss = loss + options.regularization * mse(model(x, t, batch["a"]), batch["noise"])
+            loss = loss + options.regularization * mse(model(x, t, batch["a"]), denoising_target(batch))
         return loss
 
 

@@ -76,6 +76,9 @@ class AllButOne:
         return Pool(rows | {"x": x, "t": t, "guidance_target": e_alt - e_u, "uncond_target": e_u}, {"c": c, "u": u})
 
     def loss(self, model, batch: dict[str, torch.Tensor], options: ABOOptions, bench: Bench) -> torch.Tensor:
+        # Outputs against outputs only (a difference, and one output): valid in either prediction
+        # space, since v = eps / sqrt(acp) - sqrt(1 / acp - 1) x_t at a fixed x_t; in v space both
+        # terms are weighted by 1 / acp_t, as v-prediction training itself is (families.py).
         x, t = batch["x"], batch["t"]
         out_c, out_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([batch["c"], batch["u"]])).chunk(2)
         loss = mse(out_c - out_u.detach(), batch["guidance_target"])

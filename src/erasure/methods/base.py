@@ -112,7 +112,15 @@ class Bench:
 
     @property
     def scheduler_config(self) -> dict:
-        return dict(self.pipe.scheduler.config)
+        # with the class actually in use (a scheduler swapped in code has no `_class_name` of its own)
+        return dict(self.pipe.scheduler.config) | {"_class_name": type(self.pipe.scheduler).__name__}
+
+    @property
+    def family(self):
+        """Prediction space, forward process and trajectory sampler of the model (families.py)."""
+        from ..families import of
+
+        return of(self.scheduler_config)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -133,6 +141,10 @@ class Bench:
             if n > tok.model_max_length:
                 raise ConceptError(f"prompt {prompt!r} is {n} tokens; this model's text encoder holds "
                                    f"{tok.model_max_length}: shorten the concept or the anchor prompts")
+        from ..families import encode_sdxl, is_sdxl
+
+        if is_sdxl(self.pipe):
+            return encode_sdxl(self.pipe, prompts)
         ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
         if self.model.text_trainable:
@@ -151,10 +163,17 @@ class Bench:
         return _chunked(self._base if self._base is not None else self.model, x, t, cond)
 
     def noised(self, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Forward-process samples: (x_t, t, noise) with t uniform over the training timesteps."""
+        """Forward-process samples: (x_t, t, noise) with t uniform over the training timesteps, from
+        the DDPM process of the training schedule whatever sampler the model ships (families.py)."""
         t = torch.randint(0, self.num_train_timesteps, (len(latents),), generator=gen)
         noise = torch.randn(latents.shape, generator=gen)
-        return self.pipe.scheduler.add_noise(latents, noise, t), t, noise
+        return self.family.add_noise(latents, noise, t), t, noise
+
+    def noised_rows(self, latents: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """`noised` as pool rows x, t, noise, plus the target in the model's prediction space where it
+        is not the noise (`velocity`; read it back with families.denoising_target)."""
+        x, t, noise = self.noised(latents, gen)
+        return {"x": x, "t": t, "noise": noise} | self.family.target_rows(latents, noise, t)
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,

@@ -188,6 +188,8 @@ def _per_sample(conds: dict, rows: dict, key: str, size: int) -> torch.Tensor:
 
 
 def _target(eps, x, t, c, u, base, eta: float) -> torch.Tensor:
+    # Weights 1, -eta, +eta sum to 1: the same target in epsilon or velocity space (v is affine in
+    # eps at a fixed x_t), so v-prediction models need no conversion (families.py).
     e_c, e_u = eps(x, t, c), eps(x, t, u)
     e_base = e_u if base.shape == u.shape and torch.equal(base, u) else eps(x, t, base)
     return e_base - eta * (e_c - e_u)

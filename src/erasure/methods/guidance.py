@@ -33,6 +33,8 @@ def generate_with_baseline(pipe, baseline: str, concept: str, prompts: list[str]
 
 
 def _sld(pipe, concept, prompts, seeds, steps, guidance, batch_size, progress, knobs) -> np.ndarray:
+    # SLD combines the UNet's outputs with weights summing to 1, valid for v-prediction outputs too;
+    # only its elementwise sld_threshold was calibrated on epsilon outputs (velocity differs in scale).
     from diffusers import StableDiffusionPipelineSafe
 
     from ..progress import Progress

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from ..concept import Concept, ConceptError
+from ..families import denoising_target
 from ..prompts import anchor_prompts, target_prompt
 from .base import Bench, Defaults, Options, Pool, mse, prompt_table
 
@@ -50,8 +51,7 @@ class LossMax:
                                  desc=bench.desc(concept, "target images"))
         distinct, c_idx = prompt_table(prompts)
         pick = torch.randint(0, len(z), (size,), generator=gen)
-        x, t, noise = bench.noised(z[pick], gen)
-        return Pool({"x": x, "t": t, "noise": noise, "c_idx": c_idx[pick]}, {"c": bench.encode(distinct)})
+        return Pool(bench.noised_rows(z[pick], gen) | {"c_idx": c_idx[pick]}, {"c": bench.encode(distinct)})
 
     def loss(self, model, batch: dict[str, torch.Tensor], options: LossMaxOptions, bench: Bench) -> torch.Tensor:
-        return -mse(model(batch["x"], batch["t"], batch["c"]), batch["noise"])
+        return -mse(model(batch["x"], batch["t"], batch["c"]), denoising_target(batch))
