@@ -32,19 +32,13 @@ from pathlib import Path
 
 import torch
 
+from methods import _proc_mb  # noqa: E402 (benchmarks/methods.py: VmRSS / VmHWM of this process)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FAMILIES = {"sd15": "SD 1.5", "sd21": "SD 2.1 (v-prediction)", "sdxl": "SDXL"}
 NATIVE_LATENT = {"sd15": 64, "sd21": 96, "sdxl": 128}
 CUDA_CONTEXT_GB = 0.5
-
-
-def _proc_mb(field: str) -> float:
-    """This process's resident memory (VmRSS) or its high-water mark (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _tokenizer(max_length: int = 77):

@@ -21,16 +21,13 @@ def build_tiny_pipeline(path, safe_serialization=True):
     """A tiny, randomly initialised Stable Diffusion pipeline saved as a diffusers folder
     (`safe_serialization=False`: with pickled `.bin` weights only, which loading must refuse)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from families import tiny_tokenizer
 
     torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-            vocab[ch + suffix] = len(vocab)
-    tok = CLIPTokenizer(vocab=vocab, merges=[], bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                        unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=64)
+    tok = tiny_tokenizer(max_length=64)
+    vocab = tok.get_vocab()
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
                                         num_hidden_layers=1, num_attention_heads=2,
                                         max_position_embeddings=64, pad_token_id=1, bos_token_id=0,

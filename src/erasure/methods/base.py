@@ -13,6 +13,7 @@ model the concept starts from), eps* never needs a second copy of the network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -115,9 +116,10 @@ class Bench:
         # with the class actually in use (a scheduler swapped in code has no `_class_name` of its own)
         return dict(self.pipe.scheduler.config) | {"_class_name": type(self.pipe.scheduler).__name__}
 
-    @property
+    @cached_property
     def family(self):
-        """Prediction space, forward process and trajectory sampler of the model (families.py)."""
+        """Prediction space, forward process and trajectory sampler of the model (families.py); built
+        once per bench (its forward process is a DDPMScheduler), the pipeline's scheduler being fixed."""
         from ..families import of
 
         return of(self.scheduler_config)
