@@ -23,5 +23,7 @@ def build(name: str, **params) -> Judge:
 
         return CopyJudge(**params)
     if name == "nudenet":
-        raise JudgeError("judge 'nudenet' is not built yet (branch judges): choose miniworld, clip or copy")
+        from .nudenet import NudenetJudge
+
+        return NudenetJudge(**params)
     raise AssertionError(name)
