@@ -1,6 +1,6 @@
 """Measure the shipped miniworld model and detector; print the card and write it as markdown.
 
-    .venv/bin/python benchmarks/miniworld_card.py [--n 64] [--out benchmarks/results/miniworld_card.md]
+    .venv/bin/python benchmarks/miniworld_card.py [--n 64] [--steps 25] [--out benchmarks/results/miniworld_card.md]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def training_time(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64, help="images per concept")
+    ap.add_argument("--steps", type=int, default=card.DEFAULT_STEPS, help="DDIM steps per image")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/miniworld_card.md"))
     ap.add_argument("--grid", type=Path, default=Path("benchmarks/results/miniworld_card.png"))
     ap.add_argument("--detector-images", type=int, default=2000,
@@ -53,7 +54,7 @@ def main() -> None:
     acc = detector_accuracy(det.net, count=args.detector_images)
     copy_cal = calibrate_copy_threshold(count=args.detector_images)
     pipe = load_pipeline("miniworld")
-    result = card.measure(pipe, det, n=args.n)
+    result = card.measure(pipe, det, n=args.n, steps=args.steps)
     verdicts = card.verdicts(result["rows"])
 
     lines = ["# Miniworld model card (measured)", "",

@@ -94,7 +94,7 @@ def sized(command: str, tmp: Path, fill: dict[str, str] | None = None) -> list[s
     if "erasure miniworld train-detector" in words:
         out += ["--steps", "1", "--out", str(tmp / "detector.safetensors"), "--measure-images", "8", "--images", "64"]
     if words.endswith("benchmarks/miniworld_card.py"):
-        out += ["--n", "1", "--detector-images", "8"]
+        out += ["--n", "1", "--steps", "2", "--detector-images", "8"]
     return out
 
 

@@ -24,7 +24,7 @@ def tiny_params(tmp: Path, blocklist: Path, steps: int = 3, **gates) -> Path:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["paths"] = {"blocklist": str(blocklist), "work": str(tmp / "work"), "releases": str(tmp / "releases"),
                   "cache": str(tmp / "cache")}
-    p["generate"].update(images_per_probe=4, generic_images=8)
+    p["generate"].update(images_per_probe=4, generic_images=8, steps=4)
     for key, r in p["erase"]["recipes"].items():
         r.update(steps=steps, pool_size=8)
         o = r["options"]
@@ -103,6 +103,15 @@ def test_killed_flow_resumes_from_its_checkpoint_to_the_stages_release(staged, t
     # The stages' images, as a user's cache would hold them: the flow draws nothing (its erased model
     # is the stages' one, bit for bit), so the test's time goes to Prefect and the training.
     shutil.copytree(staged[0] / "cache" / "images", tmp_path / "cache" / "images")
+    # And every finished phase but the last, as a nightly run finds them: the flow trains only the last
+    # phase, which is killed at its first checkpoint and resumed (the phase cache keys each phase by
+    # all before it, so these are found; the newest file is the last phase's).
+    phases = sorted((staged[0] / "cache" / "phases").glob("*.safetensors"), key=lambda f: f.stat().st_mtime)
+    assert len(phases) == 4, "the stages' phase cache holds one phase per concept"
+    (tmp_path / "cache" / "phases").mkdir()
+    for f in phases[:-1]:
+        for g in (f, f.with_name(f.name + ".sha256")):
+            shutil.copy2(g, tmp_path / "cache" / "phases" / g.name)
     # In its own process group, killed whole: Prefect's temporary API server is a child process
     # that would outlive a flow killed alone.
     proc = _flow(params_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -116,6 +125,10 @@ def test_killed_flow_resumes_from_its_checkpoint_to_the_stages_release(staged, t
     assert not (tmp_path / "releases" / "LATEST").exists()
     assert _flow(params_path).wait(timeout=1200) == 0
     assert _release_hash(tmp_path) == _release_hash(staged[0])
+    timing = json.loads((tmp_path / "work" / "erase" / "timing.json").read_text())
+    # Resumed inside the last phase: the checkpoint holds the cached phases' weights, so the
+    # resumed run trains what the killed one had left of that phase and nothing before it.
+    assert 0 < timing["steps_run"] < 8
 
 
 def test_an_added_concept_redoes_only_its_own_work(staged):
