@@ -133,8 +133,30 @@ EXPECTED = {
                                  "it to keep it as text",
     "int-tag-not-a-number.yaml": "line 1: 'one' cannot be read as !!int (invalid literal for int() with base 10",
     "csv-unbalanced-quote.csv": "header: expected the columns concept,kind (and optional anchor,alternative,method,"
-                                "reference_images,eval_prompts,paraphrases), got concept,kind\\nPip,instance (missing "
-                                "concept, kind)",
+                                "reference_images,eval_prompts,paraphrases,neighbours,anchor_prompts), got "
+                                "concept,kind\\nPip,instance (missing concept, kind)",
+    # The optional lists of neighbours (kept by the evaluation) and anchor prompts (CA's own), checked like
+    # paraphrases.
+    "neighbours-not-a-list.yaml": "entry 1 (Vasquez): neighbours: expected a list of texts, got str 'Okafor'",
+    "control-in-neighbour.yaml": "entry 1 (Vasquez): neighbours: expected visible text, got U+001B ESCAPE at "
+                                 "position 5 in item 2",
+    "neighbour-equals-target.yaml": "entry 1 (Vasquez): neighbours: expected concepts other than the target and its "
+                                    "paraphrases, got 'vasquez' as item 2",
+    "neighbour-is-a-paraphrase.yaml": "entry 1 (Vasquez): neighbours: expected concepts other than the target and "
+                                      "its paraphrases, got 'Dark stripes on cream' as item 2",
+    "neighbour-unencodable.yaml": "entry 1 (Vasquez): neighbours: expected text the model's tokenizer can encode "
+                                  "whole, got neighbours 'Okafor <|endoftext|>': the tokenizer maps part of it to an "
+                                  "unknown/special token",
+    "anchor-prompts-not-a-list.yaml": "entry 1 (Pip): anchor_prompts: expected a list of texts, got str "
+                                      "'a yellow circle'",
+    "anchor-prompts-not-text.yaml": "entry 1 (Pip): anchor_prompts: expected a list of non-empty texts, got int 7 as "
+                                    "item 2",
+    "anchor-prompt-unencodable.yaml": "entry 1 (Pip): anchor_prompts: expected text the model's tokenizer can encode "
+                                      "whole, got anchor_prompts 'a yellow circle on a cream",
+    "control-in-anchor-prompt.yaml": "entry 1 (Pip): anchor_prompts: expected visible text, got U+200B ZERO WIDTH "
+                                     "SPACE at position 9 in item 1",
+    "csv-control-in-anchor-prompts.csv": "entry 1 (Pip): anchor_prompts: expected visible text, got U+001B ESCAPE at "
+                                         "position 3 in item 2",
 }
 
 

@@ -37,9 +37,10 @@ from . import strict_yaml
 from .concept import KINDS, Concept, ConceptError, Kind, check_encodable, hidden_character
 from .strict_yaml import invisible, preview
 
-FIELDS = ("concept", "kind", "anchor", "alternative", "method", "reference_images", "eval_prompts", "paraphrases")
+FIELDS = ("concept", "kind", "anchor", "alternative", "method", "reference_images", "eval_prompts", "paraphrases",
+          "neighbours", "anchor_prompts")
 TEXT_FIELDS = ("concept", "kind", "anchor", "alternative", "method")
-LIST_FIELDS = ("reference_images", "eval_prompts", "paraphrases")
+LIST_FIELDS = ("reference_images", "eval_prompts", "paraphrases", "neighbours", "anchor_prompts")
 TOP_LEVEL = ("version", "concepts")
 SUFFIXES = (".yaml", ".yml", ".csv")
 
@@ -55,7 +56,9 @@ class Entry(BaseModel):
     """One normalized blocklist entry.
 
     `reference_images` are absolute paths once loaded (in a release's blocklist.json: "<name> sha256:<hex>").
-    `method` and `eval_prompts` are pipeline settings, not part of the `Concept` a method erases.
+    `method`, `eval_prompts` and `neighbours` (concepts the evaluation checks are kept) are pipeline settings,
+    not part of the `Concept` a method erases; `anchor_prompts` (the user's own prompts of the anchor, e.g.
+    written by a language model) are what CA trains on instead of generated ones.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -68,6 +71,8 @@ class Entry(BaseModel):
     reference_images: tuple[str, ...] = ()
     eval_prompts: tuple[str, ...] = ()
     paraphrases: tuple[str, ...] = ()
+    neighbours: tuple[str, ...] = ()
+    anchor_prompts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         """The fields that are set, JSON-ready: the form later stages read from blocklist.json."""
@@ -101,7 +106,8 @@ class Blocklist(BaseModel):
 
     def to_concepts(self) -> list[Concept]:
         return [Concept(text=e.concept, kind=e.kind, anchor=e.anchor, alternative=e.alternative,
-                        reference_images=tuple(Path(r) for r in e.reference_images), paraphrases=e.paraphrases)
+                        reference_images=tuple(Path(r) for r in e.reference_images), paraphrases=e.paraphrases,
+                        anchor_prompts=e.anchor_prompts)
                 for e in self.entries]
 
     def to_json(self) -> str:
@@ -163,7 +169,8 @@ def load_blocklist(path: Path | str, tokenizer=None) -> Blocklist:
     """Read, validate and normalize a blocklist file (.yaml, .yml or .csv).
 
     Raises BlocklistError listing every problem. With a `tokenizer`, every text must also be
-    encodable whole by it (the concept, anchor, alternative, paraphrases and eval prompts).
+    encodable whole by it (the concept, anchor, alternative, paraphrases, eval prompts, neighbours and
+    anchor prompts).
     """
     path = Path(path)
     if not path.is_file():
@@ -347,6 +354,13 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
     if "anchor" in values and values["anchor"].casefold() in {p.casefold() for p in values.get("paraphrases", ())}:
         errs.append(f"{at}: anchor: expected a concept other than the target's paraphrases, got "
                     f"{preview(values['anchor'])} (listed under paraphrases)")
+    # A neighbour is checked to be kept: the target (or a way of naming it) there would be measured both ways.
+    same = {text.casefold()} if text else set()
+    same |= {p.casefold() for p in values.get("paraphrases", ())}
+    clash = next(((j, x) for j, x in enumerate(values.get("neighbours", ()), 1) if x.casefold() in same), None)
+    if clash:
+        errs.append(f"{at}: neighbours: expected concepts other than the target and its paraphrases, got "
+                    f"{preview(clash[1])} as item {clash[0]}")
     refs = values.get("reference_images", ())
     if kind == "memorized" and not item.get("reference_images"):  # (a malformed list is reported above)
         errs.append(f"{at}: reference_images: expected the image file(s) a memorized concept must stop "
@@ -372,7 +386,8 @@ def _check_entry(path: Path, i: int, item, tokenizer) -> tuple[Entry | None, lis
 
     if tokenizer is not None:
         texts = [(k, values[k]) for k in ("concept", "anchor", "alternative") if k in values]
-        texts += [(k, t) for k in ("paraphrases", "eval_prompts") for t in values.get(k, ())]
+        texts += [(k, t) for k in ("paraphrases", "eval_prompts", "neighbours", "anchor_prompts")
+                  for t in values.get(k, ())]
         for field, t in texts:
             try:
                 check_encodable(tokenizer, t, field)
