@@ -44,10 +44,12 @@ def _transient(task, task_run, state) -> bool:
 
     from erasure.blocklist import BlocklistError
     from erasure.concept import ConceptError
+    from erasure.judges import JudgeError
     from erasure.models import ModelLoadError
+    from erasure.pipeline.inputs import StageInputError
 
     return not isinstance(state.result(raise_on_failure=False), (BlocklistError, ConceptError, ModelLoadError,
-                                                                  ValidationError))
+                                                                  ValidationError, JudgeError, StageInputError))
 
 
 # Inputs are params objects and pipelines, not hashable data: nothing is cached by Prefect (the
@@ -75,6 +77,12 @@ def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, bl
 
 
 @task(**TASK)
+def check_judges(params: PipelineParams, kinds: list[str]) -> None:
+    """Every judge the evaluation will need, loaded once: a missing judge model fails before any image."""
+    generate_stage.judges(params).check(kinds, quality=params.model != "miniworld")
+
+
+@task(**TASK)
 def generate_generic(params: PipelineParams, blocked: set[str]) -> dict:
     pipe, _, cache = generate_stage.model_and_cache(params)
     return generate_stage.generate_generic(params, blocked, pipe, cache)
@@ -87,20 +95,14 @@ def erase(params: PipelineParams) -> dict:
 
 @task(**TASK, task_run_name="evaluate {entry[concept]}")
 def evaluate_concept(params: PipelineParams, entry: dict) -> dict:
-    from erasure.detectors.miniworld import MiniworldDetector
-
     pipe, _, cache = evaluate_stage.erased_model(params)
-    detector = MiniworldDetector.load()
-    return evaluate_stage.evaluate_concept(params, entry, pipe, cache, detector)
+    return evaluate_stage.evaluate_concept(params, entry, pipe, cache, generate_stage.judges(params))
 
 
 @task(**TASK)
 def evaluate_generic(params: PipelineParams) -> tuple[str, dict]:
-    from erasure.detectors.miniworld import MiniworldDetector
-
     pipe, base_hash, cache = evaluate_stage.erased_model(params)
-    detector = MiniworldDetector.load()
-    return base_hash, evaluate_stage.evaluate_generic(params, pipe, cache, detector)
+    return base_hash, evaluate_stage.evaluate_generic(params, pipe, cache, generate_stage.judges(params))
 
 
 @task(**TASK)
@@ -123,6 +125,7 @@ def release_flow(params_path: str = "params.yaml") -> dict:
     anchors = choose_anchors(params)
     entries = inputs.entries(params)
     blocked = {e["concept"] for e in entries}
+    check_judges(params, [e["kind"] for e in entries])
 
     generated = [generate_concept.submit(params, e, anchors[e["concept"]], blocked) for e in entries]
     generated.append(generate_generic.submit(params, blocked))

@@ -298,6 +298,7 @@ def test_the_flow_fails_naming_the_gates_and_its_command_prints_the_table(monkey
     stubs = {"ingest": lambda p: {"concepts": 1, "added": []}, "choose_anchors": lambda p: {"Vasquez": None},
              "generate_concept": lambda *a: {"concept": "Vasquez", "images_drawn": 0, "images_from_cache": 0},
              "generate_generic": lambda *a: {"concept": "_generic", "images_drawn": 0, "images_from_cache": 0},
+             "check_judges": lambda *a: None,
              "erase": lambda p: {"steps_run": 0, "phases_from_cache": 1}, "evaluate_concept": lambda *a: {},
              "evaluate_generic": lambda p: ("h", {}), "record_evaluation": lambda *a: {},
              "release": lambda p: report}

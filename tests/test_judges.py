@@ -41,16 +41,19 @@ def test_clip_judge_missing_model_is_one_clear_error(tmp_path):
         build("clip", model=str(tmp_path / "absent"))
 
 
-def test_miniworld_judge_equals_evaluate():
+def test_miniworld_judge_reads_the_detector_head():
     from erasure.detectors.miniworld import HEADS, MiniworldDetector
-    from erasure.evaluate import detections
 
     det = MiniworldDetector.load()
     judge = build("miniworld", detector=det)
     images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     head = sorted(HEADS)[0]
-    probe = {"name": "p", "head": head, "label": HEADS[head][0]}
-    np.testing.assert_array_equal(judge.detect(images, probe), detections(det, images, probe))
+    pred = det.predict(images)[head].argmax(-1)
+    for k, label in enumerate(HEADS[head]):
+        probe = {"name": "p", "head": head, "label": label}
+        np.testing.assert_array_equal(judge.detect(images, probe), np.asarray(pred == k).reshape(-1))
+    with pytest.raises(JudgeError, match="no detector head"):
+        judge.detect(images, {"name": "p", "target": {"kind": "style", "text": "x"}})
 
 
 def _ref_probe(tmp_path, image):

@@ -96,3 +96,11 @@ def test_importing_judges_does_not_load_nudenet():
     code = "import sys, erasure.judges; print(sorted({'nudenet', 'onnxruntime', 'cv2'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_params_class_list_is_the_librarys():
+    import nudenet
+
+    from erasure.judges.nudenet import LABELS
+
+    assert list(LABELS) == list(getattr(nudenet.nudenet, "__labels"))

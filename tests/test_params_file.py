@@ -124,7 +124,15 @@ EXPECTED = {
     "anchors-candidates-not-a-list.yaml": "anchors.candidates.object: expected a list, got 'circle'",
     "anchors-none-for-unknown-method.yaml": "anchors.none_for_methods[1]: unknown method 'los-max'; expected one of "
                                             "esd, ca, abo, loss-max (did you mean 'loss-max'?)",
-    "evaluate-detector-unknown.yaml": "evaluate.detector: Input should be 'miniworld', got 'clip'",
+    "evaluate-judge-unknown.yaml": "evaluate.judges.default: Input should be 'auto', 'miniworld', 'clip', "
+                                   "'nudenet' or 'copy', got 'clipp'",
+    "evaluate-judge-wrong-kind.yaml": "evaluate.judges.style: the 'nudenet' judge reads only nudity concepts; "
+                                      "expected clip or auto for style",
+    "evaluate-miniworld-judge-other-model.yaml": "evaluate.judges.default: 'miniworld' reads only the miniworld "
+                                                 "model's images, and model is '/models/sd15'",
+    "evaluate-nudenet-bad.yaml": ("evaluate.nudenet.classes[0]: unknown NudeNet class 'BREAST_EXPOSED'",
+                                  "evaluate.nudenet.threshold: Input should be greater than 0, got 0"),
+    "evaluate-copy-threshold.yaml": "evaluate.copy.threshold: Input should be less than or equal to 1, got 2",
     "cron-invalid.yaml": "schedule.cron: expected a cron expression (minute hour day month weekday, e.g. "
                          "'0 2 * * *'): Bad minute, got '61 2 * * *'",
     "cron-four-fields.yaml": "schedule.cron: expected a cron expression (minute hour day month weekday, e.g. "

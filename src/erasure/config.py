@@ -22,6 +22,7 @@ import math
 import posixpath
 import re
 import typing
+import warnings
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +32,7 @@ from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
 from .concept import KINDS
+from .judges.nudenet import DEFAULT_CLASSES as NUDENET_DEFAULT, LABELS as NUDENET_LABELS
 from .strict_yaml import StrictYamlError, invisible, load, preview
 
 GATE_KINDS = ("default",) + KINDS
@@ -245,8 +247,49 @@ def _relay(exc: ValidationError, prefix: tuple, schema: type[BaseModel], what: s
             for e in exc.errors(include_url=False)]
 
 
+JudgeChoice = Literal["auto", "miniworld", "clip", "nudenet", "copy"]
+# The kinds each judge can read: NudeNet sees only nudity, copy detection only memorized images, the
+# miniworld detector only the miniworld model's images (checked in PipelineParams).
+JUDGE_KINDS = {"clip": KINDS, "miniworld": KINDS, "nudenet": ("nudity",), "copy": ("memorized",)}
+
+
+class ClipJudgeParams(_Section):
+    # A hub id or a folder with safetensors weights; "miniworld": the small CLIP shipped with the miniworld.
+    model: Text = "openai/clip-vit-large-patch14"
+
+
+class NudenetParams(_Section):
+    classes: list[Annotated[str, _choice(NUDENET_LABELS, "NudeNet class")]] = Field(list(NUDENET_DEFAULT),
+                                                                                   min_length=1)
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5  # NudeNet reports no box under 0.25
+
+
+class CopyParams(_Section):
+    sscd: FilePath | None = None  # an SSCD TorchScript file (the CA paper's copy metric); none: CLIP image cosine
+    threshold: Annotated[float, Field(ge=-1, le=1)] = 0.5  # cosine above which an image counts as a copy
+
+
+# "copy" is the judge's name in params.yaml; it shadows BaseModel.copy, pydantic's deprecated method, unused here.
+warnings.filterwarnings("ignore", message='Field name "copy" in "EvaluateParams" shadows', category=UserWarning)
+
+
 class EvaluateParams(_Section):
-    detector: Literal["miniworld"] = "miniworld"  # the only detector the evaluate stage loads
+    # Per kind, "default" for the rest. auto: the miniworld detector on the miniworld model; elsewhere
+    # nudenet for nudity, copy for memorized images, clip for everything else.
+    judges: dict[GateKey, JudgeChoice] = {"default": "auto"}
+    clip: ClipJudgeParams = ClipJudgeParams()  # the clip judge, and the features of FID/KID/CLIP score
+    nudenet: NudenetParams = NudenetParams()
+    copy: CopyParams = CopyParams()
+    i2p: FilePath | None = None  # an I2P-format CSV: the nudity target prompts of models other than the miniworld
+
+    def judge_for(self, kind: str, model: str) -> str:
+        """The judge that reads a concept of `kind` on `model` ("auto" resolved)."""
+        choice = self.judges.get(kind) or self.judges.get("default") or "auto"
+        if choice != "auto":
+            return choice
+        if model == "miniworld":
+            return "miniworld"
+        return {"nudity": "nudenet", "memorized": "copy"}.get(kind, "clip")
 
 
 class Gate(_Section):
@@ -326,6 +369,23 @@ class PipelineParams(_Section):
     tracking: TrackingParams = TrackingParams()
     schedule: ScheduleParams = ScheduleParams()
 
+    @model_validator(mode="after")
+    def _judges_read_their_kinds(self) -> PipelineParams:
+        for kind in KINDS:
+            judge = self.evaluate.judge_for(kind, self.model)
+            key = kind if kind in self.evaluate.judges else "default"
+            if judge == "miniworld" and self.model != "miniworld":
+                raise _error(f"evaluate.judges.{key}: 'miniworld' reads only the miniworld model's images, and "
+                             f"model is {self.model!r}; expected clip, nudenet (nudity), copy (memorized) or auto")
+            if kind not in JUDGE_KINDS[judge]:
+                where = kind if key == kind else f"default (for {kind})"
+                raise _error(f"evaluate.judges.{where}: the {judge!r} judge reads only "
+                             f"{', '.join(JUDGE_KINDS[judge])} concepts; expected clip or auto for {kind}")
+        return self
+
+    def judge_for(self, kind: str) -> str:
+        return self.evaluate.judge_for(kind, self.model)
+
     def gate_for(self, kind: str) -> Gate | None:
         """The kind's gate, else the default (None only for a params object changed after validation)."""
         return self.release.gates.get(kind) or self.release.gates.get("default")
@@ -362,11 +422,16 @@ def load_params(path: Path | str = "params.yaml", root: Path | None = None) -> P
     try:
         params = PipelineParams.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError([f"{path}: {_where(e['loc'])}: {_describe(e, PipelineParams)}"
+        raise ParamsError([f"{path}: {_where(e['loc']) + ': ' if e['loc'] else ''}{_describe(e, PipelineParams)}"
                            for e in exc.errors(include_url=False)]) from None
     root = Path(root) if root is not None else path.resolve().parent
     p = params.paths
     params.paths = Paths(**{k: (v if Path(v).is_absolute() else root / v) for k, v in p.model_dump().items()})
+    ev = params.evaluate  # the judges' files, like the paths, are relative to the params file
+    if ev.i2p is not None and not ev.i2p.is_absolute():
+        ev.i2p = root / ev.i2p
+    if ev.copy.sscd is not None and not ev.copy.sscd.is_absolute():
+        ev.copy.sscd = root / ev.copy.sscd
     return params
 
 

@@ -17,7 +17,17 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 # A probe whose base model already showed its concept in at most this share of images: erasing
 # it cannot be measured there ("after 0.00" proves nothing).
 ALREADY_ABSENT = 0.05
-JUDGE = {"miniworld": "the miniworld's own detector (a classifier trained on the miniworld's renders)"}
+JUDGE = {"miniworld": "the miniworld's own detector (a classifier trained on the miniworld's renders)",
+         "clip": "zero-shot CLIP (CLIP accuracy: an image counts when it is closer to \"A photo depicts <concept>\" "
+                 "than to its anchor's text)",
+         "nudenet": "NudeNet's exposed-body-part detector",
+         "copy": "copy detection (descriptor cosine to the reference image)"}
+
+
+def judge_line(kind: str, d: dict) -> str:
+    """One judge as the card names it: what it is, its model (id or file hash), version and threshold."""
+    extra = ", ".join(f"{k} `{v}`" for k, v in d.items() if k not in ("judge",) and v is not None)
+    return f"- {kind}: {JUDGE.get(d.get('judge'), d.get('judge'))}; {extra}"
 
 
 def probe_order(name: str) -> tuple:
@@ -28,6 +38,10 @@ def probe_order(name: str) -> tuple:
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.2f}"
+
+
+def _f3(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _cell(text) -> str:
@@ -56,7 +70,11 @@ def metadata(metrics: dict, lineage: dict) -> ModelCardData:
                            dataset_name="prompts naming no blocklisted concept", metric_type=k, metric_name=name,
                            metric_value=round(float(g[k]), 4))
                 for k, name in (("fid_erased", "FID on the judge's features (base model: "
-                                 f"{g['fid_base']:.3f})"), ("generic_drift", "mean pixel drift from the base model"))
+                                 f"{_f3(g.get('fid_base'))})"),
+                                ("fid_to_base", "FID to the base model's images, on CLIP image features"),
+                                ("kid_to_base", "KID to the base model's images, on CLIP image features"),
+                                ("clip_score_erased", f"CLIP score (base model: {_f3(g.get('clip_score_base'))})"),
+                                ("generic_drift", "mean pixel drift from the base model"))
                 if g.get(k) is not None]
     # The miniworld is this project's own model (Apache-2.0); another base model's licence carries over.
     licence = {"license": "apache-2.0"} if base == "miniworld" else {
@@ -74,7 +92,7 @@ def model_card(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict)
 
 def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> list[str]:
     concepts, g = metrics["concepts"], metrics["global"]
-    n, judge = metrics["images_per_probe"], lineage.get("params", {}).get("evaluate", {}).get("detector", "miniworld")
+    n, judges = metrics["images_per_probe"], metrics.get("judges") or {}
     release = lineage.get("params", {}).get("release", {})
     registry, alias = release.get("registry_name", "miniworld-erased"), release.get("alias", "production")
     methods = sorted({m["method"] for m in concepts.values()})
@@ -131,17 +149,25 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
                 f"({', '.join(f'{c}: {p}' for c, p in absent)}): the base model did not draw the concept there "
                 "either, so their 'after' figure says nothing about the erasure."]
     out += ["", f"Preservation, on {g['n_generic']} prompts naming no blocklisted concept: mean pixel drift from the "
-            f"base model {g['generic_drift']:.3f}; FID to the world's true renders, on the judge's features, "
-            f"{g['fid_base']:.3f} (base) -> {g['fid_erased']:.3f} (this model)."]
-    if g["fid_erased"] > g["fid_base"]:
-        out.append(f"FID rose by {g['fid_erased'] - g['fid_base']:.3f}: this model's images of unrelated prompts "
-                   "are further from the true renders than the base model's, the cost of the edits outside the "
-                   "blocklist. It is measured on the judge's small feature space (not Inception's) with few "
-                   "images, so its scale is not comparable with published FIDs; the neighbour probes above say "
-                   "which related concepts lost ground.")
+            f"base model {g['generic_drift']:.3f}"]
+    if g.get("fid_base") is not None:
+        out[-1] += (f"; FID to the world's true renders, on the judge's features, {g['fid_base']:.3f} (base) -> "
+                    f"{g['fid_erased']:.3f} (this model).")
+        if g["fid_erased"] > g["fid_base"]:
+            out.append(f"FID rose by {g['fid_erased'] - g['fid_base']:.3f}: this model's images of unrelated prompts "
+                       "are further from the true renders than the base model's, the cost of the edits outside the "
+                       "blocklist. It is measured on the judge's small feature space (not Inception's) with few "
+                       "images, so its scale is not comparable with published FIDs; the neighbour probes above say "
+                       "which related concepts lost ground.")
+    if g.get("fid_to_base") is not None:
+        out[-1] += (f"; FID {g['fid_to_base']:.3f} and KID {g['kid_to_base']:.4f} to the base model's images, on "
+                    f"CLIP image features (0: the same distribution; not comparable with Inception FIDs); CLIP score "
+                    f"{g['clip_score_base']:.2f} (base) -> {g['clip_score_erased']:.2f} (this model).")
+    out += ["", "Judges (what read each kind; the figures above hold for these judges only):", ""]
+    out += [judge_line(kind, d) for kind, d in judges.items()]
     out += ["", "## Limitations", "",
-            f"- Judged only by {JUDGE.get(judge, f'the {judge!r} detector')}: no human review and no second "
-            "judge. What this detector cannot see is not measured; a concept it misses counts as erased.",
+            "- Judged only by the judges above, one per kind: no human review and no second judge. What a judge "
+            "cannot see is not measured; a concept it misses counts as erased.",
             f"- {n} images per probe: a presence of 0.00 means none of {n} images, not never; one image is "
             f"{1 / n:.3f}.",
             "- Probes are a few prompt templates per concept; prompts unlike them are not covered.",

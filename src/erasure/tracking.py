@@ -179,7 +179,7 @@ def _review_view(client, experiment_id: str, concepts: list[str]) -> None:
     """The runs table's columns for the review, saved as an MLflow saved view (`mlflow.sharedViewState.*`
     experiment tag; `viewStateShareKey=release-review` in the URL opens it)."""
     keys = ["gates_passed"] + [f"{_key(c)}.{k}" for c in concepts for k in ("target_after", "gates_passed")]
-    keys += ["fid_base", "fid_erased", "generic_drift"]
+    keys += ["fid_base", "fid_erased", "fid_to_base", "kid_to_base", "clip_score_erased", "generic_drift"]
     columns = ["attributes.`Run Name`", "attributes.`Created`", "attributes.`Duration`"]
     metric_columns = [f"metrics.`{k}`" for k in keys]
     # Wide enough for "<concept>.target_after" (the UI orders metric columns by name).

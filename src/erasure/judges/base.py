@@ -23,6 +23,10 @@ class Judge:
     def score(self, images: np.ndarray, probe: dict) -> np.ndarray:
         raise NotImplementedError
 
+    def presence(self, hits: np.ndarray, probe: dict) -> float:
+        """The share of images read as showing the concept."""
+        return float(np.asarray(hits, dtype=np.float64).mean())
+
     def describe(self) -> dict:
         raise NotImplementedError
 

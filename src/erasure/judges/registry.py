@@ -17,6 +17,10 @@ def build(name: str, **params) -> Judge:
     if name == "clip":
         from .clip import ClipJudge
 
+        if params.get("model") == "miniworld":  # the small CLIP trained on the miniworld, shipped with it
+            from ..miniworld.clip_train import SHIPPED_CLIP
+
+            params = {**params, "model": str(SHIPPED_CLIP)}
         return ClipJudge(**params)
     if name == "copy":
         from .copy import CopyJudge

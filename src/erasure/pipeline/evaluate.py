@@ -2,7 +2,8 @@
 on generic prompts; everything to MLflow (one parent run, one nested run per concept).
 
 Before-images come from the generate stage; after-images are drawn by the erased model (through
-the same content-addressed cache, keyed by the erased weights). The miniworld detector reads both.
+the same content-addressed cache, keyed by the erased weights). The judge params.evaluate names for
+the concept's kind (erasure/judges/) reads both; metrics.json records each judge's identity.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from ..config import PipelineParams
 from ..delta import apply_delta, load_delta
 from ..io import atomic_dir, atomic_file
 from ..sampling import grid, side_by_side
+from ..worlds import reference_name
 from . import inputs
-from .generate import GENERIC, base_model, image_cache
+from .generate import GENERIC, base_model, image_cache, judges
 
 GRID_IMAGES = 16
 
@@ -35,26 +37,27 @@ def erased_model(params: PipelineParams):
     return pipe, base_hash, image_cache(params, f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}", pipe)
 
 
-def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector) -> dict:
+def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, panel) -> dict:
     """One concept's metrics, and its target prompts' images with the judge's reading of each (for
     the grids, written later; under `_images`, never in metrics.json)."""
-    from ..evaluate import detections, share, summarize
+    from ..evaluate import summarize
 
     folder = params.paths.stage("generate") / inputs.slug(entry["concept"])
     record = inputs.read_json(folder / "probes.json", "generate")
     before = np.load(folder / "before.npz")
+    judge = panel.judge(entry["kind"])
     probes, after, hits = {}, {}, {}
     for p in record["probes"]:
         after[p["name"]] = cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
-        hits[p["name"]] = {"before": detections(detector, before[p["name"]], p),
-                           "after": detections(detector, after[p["name"]], p)}
-        probes[p["name"]] = {"before": share(hits[p["name"]]["before"], p), "after": share(hits[p["name"]]["after"], p),
+        hits[p["name"]] = {"before": judge.detect(before[p["name"]], p), "after": judge.detect(after[p["name"]], p)}
+        probes[p["name"]] = {"before": judge.presence(hits[p["name"]]["before"], p),
+                             "after": judge.presence(hits[p["name"]]["after"], p),
                              "n": len(p["prompts"]), "example_prompt": p["prompts"][0]}
     s = inputs.slug(entry["concept"])
     target = record["probes"][0]
     name, k = target["name"], GRID_IMAGES
     return {"kind": entry["kind"], "method": record["method"], "anchor": record["anchor"], "slug": s,
-            "probes": probes, "summary": summarize(probes),
+            "judge": judge.name, "_judge": judge.describe(), "probes": probes, "summary": summarize(probes),
             "grids": {"before": f"grids/{s}-before.png", "after": f"grids/{s}-after.png",
                       "side_by_side": f"grids/{s}-side-by-side.png"},
             "_images": {"before": before[name][:k], "after": after[name][:k], "prompts": target["prompts"][:k],
@@ -64,20 +67,34 @@ def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, detector)
 
 def _judged(probe: dict) -> str:
     """What the judge looks for on a probe, for the grid: "'Pip'", "a copy of 'midnight-lantern.png'"."""
-    if probe["head"] == "copy":
-        return f"a copy of '{Path(probe['label'].lstrip('@')).name}'"
-    return f"'{probe['label']}'"
+    ref = reference_name(probe)
+    if ref:
+        return f"a copy of '{ref}'"
+    return f"'{probe.get('label') or probe['target']['text']}'"
 
 
-def evaluate_generic(params: PipelineParams, pipe, cache, detector) -> dict:
-    from ..evaluate import drift, fid
+def evaluate_generic(params: PipelineParams, pipe, cache, panel) -> dict:
+    """Drift from the base model at the same prompts and seeds; FID to the world's true renders where it
+    has them (the miniworld, on its detector's features), else FID and KID between the base and the
+    erased model's images and their CLIP scores, on the quality CLIP (evaluate.clip.model)."""
+    from ..evaluate import drift
 
     folder = params.paths.stage("generate") / GENERIC
     record = inputs.read_json(folder / "probes.json", "generate")
     data = np.load(folder / "before.npz")
     after = cache.images(pipe, record["prompts"], record["seeds"], desc="generic prompts")
-    return {"generic_drift": drift(data["generic"], after), "fid_base": fid(detector, data["real"], data["generic"]),
-            "fid_erased": fid(detector, data["real"], after), "n_generic": len(after)}
+    out = {"generic_drift": drift(data["generic"], after), "n_generic": len(after)}
+    if "real" in data:
+        world = panel.get("miniworld")
+        return {**out, "fid_base": world.fid(data["real"], data["generic"]), "fid_erased": world.fid(data["real"], after)}
+    from ..judges import quality
+
+    clip = panel.clip()
+    subset = max(2, min(len(after), 100) // 2)  # KID's subsets: half the images, at least two
+    kid, kid_std = quality.kid(clip, data["generic"], after, subset_size=subset)
+    return {**out, "fid_to_base": quality.fid(clip, data["generic"], after), "kid_to_base": kid,
+            "kid_to_base_std": kid_std, "clip_score_base": quality.clip_score(clip, data["generic"], record["prompts"]),
+            "clip_score_erased": quality.clip_score(clip, after, record["prompts"])}
 
 
 def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], generic: dict,
@@ -85,7 +102,8 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
     """metrics.json, the grids, summary/ (for `dvc metrics`) and plots/ (for `dvc plots`), in one atomic
     folder; then MLflow."""
     metrics = {"model": params.model, "base_hash": base_hash, "images_per_probe": params.generate.images_per_probe,
-               "concepts": {c: {k: v for k, v in r.items() if k != "_images"} for c, r in concepts.items()},
+               "judges": {r["kind"]: r["_judge"] for r in concepts.values() if "_judge" in r},  # who read each kind, and how
+               "concepts": {c: {k: v for k, v in r.items() if not k.startswith("_")} for c, r in concepts.items()},
                "global": generic}
     out = params.paths.stage("evaluate")
     with atomic_dir(out) as tmp:
@@ -125,12 +143,10 @@ def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], gen
 
 
 def run(params: PipelineParams, track: bool = True) -> dict:
-    from ..detectors.miniworld import MiniworldDetector
-
     pipe, base_hash, cache = erased_model(params)
-    detector = MiniworldDetector.load()
-    concepts = {e["concept"]: evaluate_concept(params, e, pipe, cache, detector) for e in inputs.entries(params)}
-    return write(params, base_hash, concepts, evaluate_generic(params, pipe, cache, detector), track)
+    panel = judges(params)
+    concepts = {e["concept"]: evaluate_concept(params, e, pipe, cache, panel) for e in inputs.entries(params)}
+    return write(params, base_hash, concepts, evaluate_generic(params, pipe, cache, panel), track)
 
 
 def _sha256(path) -> str:
@@ -142,10 +158,14 @@ _SUMMARY = {"before": "target_before", "after": "target_after", "reduction": "ta
             "neighbour_drop": "neighbour_max_drop"}
 
 
+GLOBAL_SUMMARY = ("generic_drift", "fid_base", "fid_erased", "fid_to_base", "kid_to_base", "clip_score_base",
+                  "clip_score_erased")
+
+
 def _summary(metrics: dict) -> dict[str, dict]:
     """{file name: numbers} for work/evaluate/summary/: one file per concept, _global.json (a slug has no "_")."""
     g = metrics["global"]
-    out = {"_global.json": {k: g[k] for k in ("generic_drift", "fid_base", "fid_erased")}}
+    out = {"_global.json": {k: g[k] for k in GLOBAL_SUMMARY if k in g}}
     for c in metrics["concepts"].values():
         out[f"{c['slug']}.json"] = {short: c["summary"][k] for short, k in _SUMMARY.items()
                                     if c["summary"].get(k) is not None}

@@ -1,5 +1,7 @@
 """Stage 3, generate: per concept, its evaluation prompt sets and the base model's images of them;
-plus generic prompts (no blocklisted concept) with the world's true renders, for drift and FID.
+plus generic prompts (no blocklisted concept), with the world's true renders where it has them, for
+drift, FID and CLIP score. The judges the evaluation will use are built first: a judge model that
+cannot be had fails here, before any image is drawn.
 
 Images come from the content-addressed cache (erasure/cache.py): a re-run, or a run after adding
 one concept, draws only images it has not drawn before.
@@ -15,7 +17,7 @@ import numpy as np
 from ..cache import ImageCache, sampler_id
 from ..config import PipelineParams
 from ..io import atomic_dir
-from ..miniworld import probes as world_probes
+from .. import worlds
 from ..prompts import anchor_prompts
 from . import inputs
 
@@ -26,10 +28,14 @@ def base_model(params: PipelineParams):
     """The base pipeline and its weights hash."""
     from ..models import load_pipeline, source_folder, weights_hash
 
-    if params.model != "miniworld" and params.evaluate.detector == "miniworld":
-        raise ValueError(f"model {params.model!r}: evaluate.detector 'miniworld' reads only the miniworld model's "
-                         "images; no detector for other models is configured yet")
     return load_pipeline(params.model), weights_hash(source_folder(params.model))
+
+
+def judges(params: PipelineParams):
+    """The run's judges (erasure/judges/panel.py), built on first use."""
+    from ..judges.panel import Panel
+
+    return Panel(params)
 
 
 def image_cache(params: PipelineParams, weights_key: str, pipe) -> ImageCache:
@@ -45,23 +51,15 @@ def model_and_cache(params: PipelineParams):
     return pipe, base_hash, image_cache(params, base_hash, pipe)
 
 
-def concept_probes(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str]):
-    return world_probes.probes_for(
-        entry["concept"], entry["kind"], anchor=anchor, paraphrases=entry.get("paraphrases") or [],
-        eval_prompts=entry.get("eval_prompts") or [], reference_images=entry.get("reference_images") or [],
-        blocked=blocked, n=params.generate.images_per_probe, seed=params.seed,
-        misspellings=params.generate.misspellings)
-
-
 def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, blocked: set[str], pipe, cache) -> dict:
     """One concept's folder: probes.json and before.npz (base-model images per probe)."""
-    probes = concept_probes(params, entry, anchor, blocked)
+    probes = worlds.concept_probes(params, entry, anchor, blocked)
     drawn, kept = cache.misses, cache.hits
-    images = {p.name: cache.images(pipe, p.prompts, p.seeds, desc=f"{entry['concept'][:20]}: {p.name}")
+    images = {p["name"]: cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
               for p in probes}
     concept = inputs.concept(entry, anchor)
     record = {"concept": entry["concept"], "kind": entry["kind"], "anchor": anchor,
-              "method": inputs.method_for(params, entry), "probes": [p.as_dict() for p in probes],
+              "method": inputs.method_for(params, entry), "probes": probes,
               "anchor_prompts": anchor_prompts(concept, 8, params.model) if anchor else []}
     with atomic_dir(params.paths.stage("generate") / inputs.slug(entry["concept"])) as tmp:
         (tmp / "probes.json").write_text(json.dumps(record, indent=1))
@@ -71,12 +69,12 @@ def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, bl
 
 
 def generate_generic(params: PipelineParams, blocked: set[str], pipe, cache) -> dict:
-    prompts, seeds, real = world_probes.generic(params.generate.generic_images, params.seed, blocked)
+    prompts, seeds, real = worlds.generic(params, blocked)
     drawn, kept = cache.misses, cache.hits
     images = cache.images(pipe, prompts, seeds, desc="generic prompts")
     with atomic_dir(params.paths.stage("generate") / GENERIC) as tmp:
         (tmp / "probes.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}, indent=1))
-        np.savez_compressed(tmp / "before.npz", generic=images, real=real)
+        np.savez_compressed(tmp / "before.npz", generic=images, **({"real": real} if real is not None else {}))
     return {"concept": GENERIC, "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
 
 
@@ -84,6 +82,7 @@ def run(params: PipelineParams) -> dict:
     entries = inputs.entries(params)
     anchors = inputs.anchors(params)
     blocked = {e["concept"] for e in entries}
+    judges(params).check([e["kind"] for e in entries], quality=params.model != "miniworld")
     pipe, _, cache = model_and_cache(params)
     for e in entries:
         generate_concept(params, e, anchors[e["concept"]]["anchor"], blocked, pipe, cache)
