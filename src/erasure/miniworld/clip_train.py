@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,7 @@ def train(out: Path = SHIPPED_CLIP, steps: int = 1500, renders: int = 12000, gen
     log(f"data: {len(r_lab)} renders, {len(g_lab)} generated ({time.time() - t0:.0f} s)")
     r_px, g_px = to_pixels(r_img), to_pixels(g_img)
     r_t, g_t = judge_targets(r_lab), judge_targets(g_lab)
+    g_mem = torch.tensor([bool(lab.get("memorized")) for lab in g_lab] or [False])
     model, processor = build()
     tok = processor.tokenizer
     jids = judge_texts(tok)
@@ -296,8 +298,10 @@ def train(out: Path = SHIPPED_CLIP, steps: int = 1500, renders: int = 12000, gen
     start = 0
     if ckpt.is_file():
         start = _load_checkpoint(ckpt, model, opt, g)
-        for _ in range(start):
-            sched.step()
+        with warnings.catch_warnings():  # replaying the schedule: no optimizer step belongs to these
+            warnings.simplefilter("ignore")
+            for _ in range(start):
+                sched.step()
         log(f"resumed at step {start}")
     history = []
     model.train()
@@ -307,7 +311,13 @@ def train(out: Path = SHIPPED_CLIP, steps: int = 1500, renders: int = 12000, gen
         n_gen = batch // 2 if len(g_lab) else 0
         ri = torch.randint(len(r_lab), (batch - n_gen,), generator=g)
         gi = torch.randint(max(1, len(g_lab)), (n_gen,), generator=g)
-        pixels = torch.cat([augment(r_px[ri], g), g_px[gi]])
+        # Generated images keep their pixels (their labels are the detector's reading of exactly
+        # these), flipped left-right at random: no concept of the world changes under that flip
+        # (but a flipped copy of a memorized image is no copy).
+        gp = g_px[gi]
+        flip = (torch.rand(len(gp), generator=g) < 0.5) & ~g_mem[gi]
+        gp = torch.where(flip[:, None, None, None], gp.flip(-1), gp)
+        pixels = torch.cat([augment(r_px[ri], g), gp])
         labs = [r_lab[i] for i in ri.tolist()] + [g_lab[i] for i in gi.tolist()]
         trng = np.random.default_rng([seed, step])
         texts = [pair_text(lab, trng) for lab in labs]
@@ -320,7 +330,7 @@ def train(out: Path = SHIPPED_CLIP, steps: int = 1500, renders: int = 12000, gen
         opt.step()
         sched.step()
         if step % 25 == 0 or step == steps - 1:
-            row = {"step": step, **{k: round(float(v), 4) for k, v in parts.items()},
+            row = {"step": step, **{k: round(float(v.detach()), 4) for k, v in parts.items()},
                    "seconds": round(time.time() - t1, 1)}
             history.append(row)
             log(json.dumps(row))
@@ -331,6 +341,8 @@ def train(out: Path = SHIPPED_CLIP, steps: int = 1500, renders: int = 12000, gen
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+    for f in out.iterdir():  # save_pretrained writes its shards owner-only; shipped files are read by all
+        f.chmod(0o644)
     info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "renders": renders, "generated": generated,
             "train_seconds": round(time.time() - t1, 1), "total_seconds": round(time.time() - t0, 1),
             "resumed_at": start, "history": history}
