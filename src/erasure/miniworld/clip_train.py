@@ -227,9 +227,14 @@ def losses(model, tokenizer, pixels: torch.Tensor, texts: list[str], targets: to
     n = len(decisions())
     sims = img @ jt.T  # (B, 2n): texts then contrasts
     diff = LOGIT * (sims[:, :n] - sims[:, n:])
-    known = targets != 0
-    judge = F.binary_cross_entropy_with_logits(diff[known], (targets[known] > 0).float())
-    return {"infonce": info, "judge": judge, "judge_acc": ((diff > 0) == (targets > 0))[known].float().mean()}
+    # Positives and negatives weigh the same: an image shows one of 8 objects, so unweighted the
+    # loss is met by putting the contrast ("a shape") above every object.
+    pos, neg = (targets > 0).float(), (targets < 0).float()
+    each = F.binary_cross_entropy_with_logits(diff, pos, reduction="none")
+    judge = 0.5 * ((each * pos).sum() / pos.sum().clamp(min=1) + (each * neg).sum() / neg.sum().clamp(min=1))
+    hit = ((diff > 0) == (targets > 0)).float()
+    balanced = 0.5 * ((hit * pos).sum() / pos.sum().clamp(min=1) + (hit * neg).sum() / neg.sum().clamp(min=1))
+    return {"infonce": info, "judge": judge, "judge_balanced_acc": balanced}
 
 
 def judge_texts(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
