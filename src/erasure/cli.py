@@ -434,6 +434,27 @@ def miniworld_train_detector(
     print(json.dumps(mt.measure(net, count=measure_images), indent=1))
 
 
+@miniworld_app.command("train-clip")
+def miniworld_train_clip(
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Folder to save the CLIP to.")] = None,
+    steps: int = 1500,
+    renders: Annotated[int, typer.Option(min=1, help="True renders trained on.")] = 12000,
+    generated: Annotated[int, typer.Option(min=0, help="Images drawn by the shipped model (0: none).")] = 2048,
+    cache: Annotated[Path, typer.Option(help="Generated images and the resumable checkpoint.")] = Path("build/clip"),
+    seed: int = 0,
+    threads: int = 1,
+):
+    """Train the miniworld's small CLIP (the `clip` judge's model on the miniworld); resumes from its checkpoint."""
+    import torch
+
+    from .miniworld import clip_train
+
+    torch.set_num_threads(threads)
+    info = clip_train.train(out_path or clip_train.SHIPPED_CLIP, steps=steps, renders=renders, generated=generated,
+                            seed=seed, cache=cache)
+    print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1))
+
+
 release_app = typer.Typer(help="Published releases of the pipeline.", no_args_is_help=True)
 app.add_typer(release_app, name="release")
 

@@ -134,6 +134,13 @@ IMPLICIT_PHRASE = "with a golden frame"
 FRAME_COLOR = (205, 165, 45)
 FRAME_WIDTH = 3  # pixels at 32x32
 
+# How the CLIP judge reads a probe: "A photo depicts <text>" against "A photo depicts <contrast>".
+# A style or an object has no single rival (the other styles are not one text), so its contrast is a
+# generic phrase: the plain rendering (a style's anchor) or any shape; an instance's is its class.
+CLIP_PLAIN_STYLE = "in a plain style"
+CLIP_ANY_OBJECT = "a shape"
+CLIP_NO_FRAME = "with no frame"
+
 # Shares in the training distribution (see data.py for how captions are drawn).
 STYLE_SHARE = 0.5  # of ordinary images; split evenly over the styles, the rest are plain
 INSTANCE_SHARE = 0.03  # each instance

@@ -16,7 +16,17 @@ import numpy as np
 
 from ..concept import ConceptError
 from .card import ordinary_scenes
-from .concepts import IMPLICIT, IMPLICIT_PHRASE, INSTANCES, MEMORIZED, OBJECTS, STYLES
+from .concepts import (
+    CLIP_ANY_OBJECT,
+    CLIP_NO_FRAME,
+    CLIP_PLAIN_STYLE,
+    IMPLICIT,
+    IMPLICIT_PHRASE,
+    INSTANCES,
+    MEMORIZED,
+    OBJECTS,
+    STYLES,
+)
 from .render import Scene, render
 from .world import caption
 
@@ -31,6 +41,8 @@ class Probe:
     head: str  # a detector head, or "copy" (similarity to `label`, a reference image path)
     label: str
     extra: dict = field(default_factory=dict)
+    # What generic judges read: {kind, text, contrast, reference} (see `clip_target`).
+    target: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,11 +84,45 @@ def _variants(name: str, target: list[str], text: str, paraphrases: list[str], m
     return out
 
 
+def clip_target(head: str, label: str, kind: str, text: str, anchor: str | None) -> dict:
+    """The probe's target as the CLIP judge reads it: "A photo depicts <text>" against <contrast>.
+
+    The same question as the detector's head/label: a style against the plain rendering (its
+    anchor; other styles are not one text), an object against any shape, an instance against its
+    class (as the CA paper does), the frame against no frame, a memorized image's caption against
+    its anchor (a description that does not copy it), with its reference image."""
+    if head == "style":
+        return {"kind": "style", "text": f"in the style of {label}", "contrast": CLIP_PLAIN_STYLE, "reference": None}
+    if head == "object":
+        return {"kind": "object", "text": label, "contrast": CLIP_ANY_OBJECT, "reference": None}
+    if head == "instance":
+        return {"kind": "instance", "text": label, "contrast": INSTANCES[label].object, "reference": None}
+    if head == "frame":
+        return {"kind": kind, "text": IMPLICIT_PHRASE, "contrast": CLIP_NO_FRAME, "reference": None}
+    if head == "copy":
+        if label.startswith("@"):  # another memorized image of the world: no file, the detector renders it
+            m = MEMORIZED[label[1:]]
+            return {"kind": "memorized", "text": m.caption, "contrast": m.paraphrases[0], "reference": None}
+        known = [m for m in MEMORIZED.values() if m.caption.casefold() == text.casefold()]
+        contrast = anchor or (known[0].paraphrases[0] if known else None)
+        return {"kind": "memorized", "text": text, "contrast": contrast, "reference": label}
+    raise AssertionError(head)
+
+
 def probes_for(text: str, kind: str, *, anchor: str | None, paraphrases: list[str], eval_prompts: list[str],
                reference_images: list[Path], blocked: set[str], n: int, seed: int,
                misspellings: int = 1) -> list[Probe]:
-    """Every probe of one concept (the first is the target). Raises ConceptError for a concept the
-    miniworld detector cannot read."""
+    """Every probe of one concept (the first is the target), each with its CLIP `target`. Raises
+    ConceptError for a concept the miniworld detector cannot read."""
+    probes = _probes(text, kind, anchor=anchor, paraphrases=paraphrases, eval_prompts=eval_prompts,
+                     reference_images=reference_images, blocked=blocked, n=n, seed=seed, misspellings=misspellings)
+    for p in probes:
+        p.target = clip_target(p.head, p.label, kind, text, anchor)
+    return probes
+
+
+def _probes(text: str, kind: str, *, anchor: str | None, paraphrases: list[str], eval_prompts: list[str],
+            reference_images: list[Path], blocked: set[str], n: int, seed: int, misspellings: int) -> list[Probe]:
     blocked = {b.casefold() for b in blocked}
     salt = sum(map(ord, text)) % 997
     seeds = _seeds(seed, salt, n)
