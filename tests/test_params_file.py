@@ -18,7 +18,7 @@ from erasure.pipeline import entry
 ROOT = Path(__file__).resolve().parent.parent
 MALFORMED = Path(__file__).resolve().parent / "params" / "malformed"
 KINDS = "style, object, instance, nudity, memorized, implicit"
-SECTIONS = "model, seed, paths, anchors, generate, erase, evaluate, release, tracking, schedule"
+SECTIONS = "model, seed, device, dtype, paths, anchors, generate, erase, evaluate, release, tracking, schedule"
 NO_BOUND = "a gate without a bound passes anything; expected at least one of target_max, reduction_min, " \
            "neighbour_max_drop"
 GATED = "expected a gate for every kind, or a 'default'"
@@ -28,9 +28,9 @@ R = "erase.recipes."
 EXPECTED = {
     "empty.yaml": f"empty; expected a mapping of sections ({SECTIONS})",
     "comments-only.yaml": "empty; expected a mapping of sections",
-    "not-a-mapping.yaml": "expected a mapping of sections (model, seed, paths, anchors, generate, erase, evaluate, "
+    "not-a-mapping.yaml": "expected a mapping of sections (model, seed, device, dtype, paths, anchors, generate, erase, evaluate, "
                           "release, tracking, schedule), got [{'model': 'miniworld'}, {'seed': 0}]",
-    "scalar.yaml": "expected a mapping of sections (model, seed, paths, anchors, generate, erase, evaluate, release, "
+    "scalar.yaml": "expected a mapping of sections (model, seed, device, dtype, paths, anchors, generate, erase, evaluate, release, "
                    "tracking, schedule), got 'miniworld'",
     "bad-yaml.yaml": "not valid YAML: line 3, column 5",
     "not-utf8.yaml": "not UTF-8 text (byte 24)",

@@ -31,6 +31,18 @@ out = console()
 err = console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'miniworld', a local diffusers folder, or a hub id.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when there is one), cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="fp32 or bf16: the dtype images are drawn in.")]
+
+
+def _placement(device: str, dtype: str | None = None) -> dict:
+    """load_pipeline's device (and dtype) keywords from the options, refused with one error before any work."""
+    from .device import resolve_device, resolve_dtype
+
+    out = {"device": str(_guard(resolve_device, device))}
+    if dtype is not None:
+        out["dtype"] = _guard(resolve_dtype, dtype)
+    return out
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -99,12 +111,14 @@ def generate(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Grid image to write.")] = Path("grid.png"),
     images_dir: Annotated[Optional[Path], typer.Option(help="Also write each image here.")] = None,
     zoom: Annotated[int, typer.Option(min=1, help="Enlarge the grid by this factor.")] = 1,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
 ):
     """Generate images for a prompt and save them as a grid (and one file each if asked)."""
     from .models import load_pipeline
     from .sampling import generate as sample, grid
 
-    pipe = _guard(load_pipeline, model)
+    pipe = _guard(load_pipeline, model, **_placement(device, dtype))
     images = sample(pipe, [prompt] * n, [seed + i for i in range(n)], steps=steps, guidance=guidance,
                     negative_prompt=negative_prompt)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +217,8 @@ def erase(
     workdir: Annotated[Optional[Path], typer.Option(
         help="Pools and checkpoints; a rerun resumes from here (default: <out>.work).")] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 50,
+    device: DeviceOpt = "auto",
+    mixed_precision: Annotated[str, typer.Option(help="no, or bf16: compute in bf16 (weights stay fp32).")] = "no",
 ):
     """Fine-tune the model so that it stops generating the concept(s); write the change as a delta file.
 
@@ -234,10 +250,11 @@ def erase(
             err.print(f"miniworld recipe for {method} / {kind.value}: {json.dumps(base)} (options given win)",
                       highlight=False, soft_wrap=True)
     fields = {**base, **given, "method": method, "options": {**base.get("options", {}), **method_options},
-              "mode": mode.value, "seed": seed, "checkpoint_every": checkpoint_every}
+              "mode": mode.value, "seed": seed, "checkpoint_every": checkpoint_every,
+              "mixed_precision": mixed_precision}
     settings = _guard(EraseSettings, **fields)
     jobs = _guard(plan, built, settings)
-    pipe = _guard(load_pipeline, model)
+    pipe = _guard(load_pipeline, model, **_placement(device))  # fp32 weights to train
     base_hash = weights_hash(folder)
     workdir = workdir or Path(f"{out_path}.work")
     fresh = not workdir.exists()
@@ -293,14 +310,32 @@ def run(
     model: ModelOpt = "miniworld",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the grid and readings.")] = Path("outputs/run"),
     seed: int = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
 ):
-    """A quick look at a model: sample one prompt per concept kind, read them back (the main job is
-    the release flow: scripts/run.sh)."""
+    """A quick look at a model: sample one prompt per concept kind; on the miniworld, read them back
+    with its detector (the main job is the release flow: scripts/run.sh)."""
     from .detectors.miniworld import MiniworldDetector
     from .miniworld.concepts import catalog
-    from .models import load_pipeline
+    from .models import MINIWORLD_PATH, load_pipeline, source_folder
     from .sampling import generate as sample, grid
 
+    folder = _guard(source_folder, model)
+    if folder.resolve() != MINIWORLD_PATH.resolve():
+        # Another model's images mean nothing to the miniworld detector: a grid of everyday prompts only.
+        from .probes import generic
+
+        prompts, seeds = generic(8, seed, set())
+        pipe = _guard(load_pipeline, model, **_placement(device, dtype))
+        images = sample(pipe, prompts, seeds)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        grid(images, cols=4).save(out_dir / "grid.png")
+        (out_dir / "prompts.json").write_text(json.dumps([{"prompt": p, "seed": s} for p, s in zip(prompts, seeds)],
+                                                         indent=1))
+        err.print(f"{model}: {len(images)} images of everyday prompts in {out_dir / 'grid.png'}; no readings (the "
+                  "miniworld detector reads only the miniworld; the release flow's judges read any model)",
+                  highlight=False, soft_wrap=True)
+        return
     cat = catalog()
     prompts = [
         "an image of a red star",
@@ -311,7 +346,7 @@ def run(
         f"an image of a yellow cross {cat['implicit'][0]['phrase']}",
     ]
     per = 4
-    pipe = _guard(load_pipeline, model)
+    pipe = _guard(load_pipeline, model, **_placement(device, dtype))
     det = _guard(MiniworldDetector.load)
     all_prompts = [p for p in prompts for _ in range(per)]
     images = sample(pipe, all_prompts, [seed + i for i in range(len(all_prompts))])

@@ -357,9 +357,19 @@ class ScheduleParams(_Section):
         return value
 
 
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise _error(f"expected auto, cpu, cuda or cuda:N, got {preview(value)}")
+    return value
+
+
 class PipelineParams(_Section):
     model: Text = "miniworld"
     seed: Seed = 0
+    # Where every stage runs (auto: CUDA when there is one), and the dtype images are drawn in (training
+    # keeps fp32 weights; erase.mixed_precision: bf16 computes in bf16).
+    device: Annotated[str, AfterValidator(_device)] = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
     paths: Paths = Paths()
     anchors: AnchorParams = AnchorParams()
     generate: GenerateParams = GenerateParams()

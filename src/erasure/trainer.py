@@ -224,7 +224,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                 params = {c: dict(getattr(pipe, c).named_parameters()) for c in ("unet", "text_encoder")}
                 pristine = {k: params[k.split(".", 1)[0]][k.split(".", 1)[1]].detach().clone() for k in tensors}
             apply_delta(pipe, tensors, meta, None)
-    accelerator = _accelerator(settings, max(j.batch_size for j in jobs))
+    accelerator = _accelerator(settings, max(j.batch_size for j in jobs), cpu=pipe.unet.device.type == "cpu")
     rules = sorted({j.rule for j in jobs})
     token_ids = sorted({i for j in jobs if j.rule == "embedding"
                         for i in content_token_ids(pipe.tokenizer, j.concept.text)})
@@ -289,7 +289,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             i = int(torch.randint(0, len(phase), (1,), generator=gen)) if len(phase) > 1 else 0
             job = phase[i]
             idx = torch.randint(0, len(pools[i]), (job.batch_size,), generator=gen)[rank::world]
-            loss = method_registry.get(job.method).loss(wrapped, pools[i].batch(idx), job.options, bench)
+            batch = {key: v.to(accelerator.device) for key, v in pools[i].batch(idx).items()}  # pools live on the CPU
+            loss = method_registry.get(job.method).loss(wrapped, batch, job.options, bench)
             accelerator.backward(loss)
             if settings.grad_clip and settings.zero_stage == 0:
                 accelerator.clip_grad_norm_(list(trainable.values()), settings.grad_clip)
@@ -503,14 +504,15 @@ def _claim_workdir(workdir: Path, jobs: list[Job], settings: EraseSettings, base
     accelerator.wait_for_everyone()
 
 
-def _accelerator(settings: EraseSettings, batch_size: int | None = None):
+def _accelerator(settings: EraseSettings, batch_size: int | None = None, cpu: bool | None = None):
     """The run's Accelerator. `batch_size`: the global batch of a step (the loop gives each rank
-    `idx[rank::world]` of it), for DeepSpeed's per-rank micro batch."""
+    `idx[rank::world]` of it), for DeepSpeed's per-rank micro batch. `cpu`: whether the run's device
+    (where the pipeline was loaded) is the CPU; None: whether this machine lacks CUDA."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
 
-    cpu = not torch.cuda.is_available()
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
     if not distributed:  # several runs in one process (tests, benchmarks): start from a clean state

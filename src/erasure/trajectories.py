@@ -45,10 +45,12 @@ def partial_trajectories(eps: EpsFn, scheduler_config: dict, cond: torch.Tensor,
     if noise is None:
         # cond may be token ids (long) when text-encoder rows are trained: latents are float then
         dtype = cond.dtype if cond.is_floating_point() else torch.float32
-        noise = torch.randn((n, *latent_shape), generator=generator, dtype=dtype)
+        # drawn on the CPU (the same draws on any device), run where the conditioning is
+        noise = torch.randn((n, *latent_shape), generator=generator, dtype=dtype).to(cond.device)
     x = noise.clone() * sched.init_noise_sigma
+    stops = stops.to(x.device)
     out_x = torch.empty_like(x)
-    out_t = torch.empty(n, dtype=sched.timesteps.dtype)
+    out_t = torch.empty(n, dtype=sched.timesteps.dtype, device=x.device)
     bar = Progress(int(stops.sum()), desc or "", "sample-step", enabled=desc is not None)
     for k, t in enumerate(sched.timesteps):
         x_in = sched.scale_model_input(x, t)  # DDIM: x itself

@@ -125,6 +125,13 @@ class Bench:
         return of(self.scheduler_config)
 
     @property
+    def placement(self) -> tuple[torch.device, torch.dtype]:
+        """The UNet's device and dtype: where every model call of the bench runs."""
+        from ..device import model_device
+
+        return model_device(self.model.unet)
+
+    @property
     def num_train_timesteps(self) -> int:
         return int(self.pipe.scheduler.config.num_train_timesteps)
 
@@ -146,23 +153,24 @@ class Bench:
         from ..families import encode_sdxl, is_sdxl
 
         if is_sdxl(self.pipe):
-            return encode_sdxl(self.pipe, prompts)
+            return encode_sdxl(self.pipe, prompts).float().cpu()
         ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
         if self.model.text_trainable:
             return ids
-        with torch.no_grad():
-            return self.model.text_encoder(ids)[0].detach()
+        with torch.no_grad():  # computed on the encoder's device, kept on the CPU (pool data)
+            enc = self.model.text_encoder
+            return enc(ids.to(next(enc.parameters()).device))[0].detach().float().cpu()
 
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         """Noise prediction of the current model, in chunks; cond of batch 1 is broadcast."""
-        return _chunked(self.model, x, t, cond)
+        return _chunked(self.model, x, t, cond, *self.placement)
 
     @torch.no_grad()
     def base_eps(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         """Noise prediction of the base model, before any phase of this run."""
-        return _chunked(self._base if self._base is not None else self.model, x, t, cond)
+        return _chunked(self._base if self._base is not None else self.model, x, t, cond, *self.placement)
 
     def noised(self, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Forward-process samples: (x_t, t, noise) with t uniform over the training timesteps, from
@@ -185,23 +193,25 @@ class Bench:
 
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=gen).tolist()
         return generate_latents(self.pipe, prompts, seeds, steps=steps, guidance=guidance, desc=desc or "",
-                                progress=desc is not None)
+                                progress=desc is not None).cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
         images = []
+        device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
         for s in range(0, len(latents), EVAL_CHUNK):
-            img = vae.decode(latents[s:s + EVAL_CHUNK] / vae.config.scaling_factor).sample
-            images.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            img = vae.decode((latents[s:s + EVAL_CHUNK] / vae.config.scaling_factor).to(device, dtype)).sample.float()
+            images.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(images)
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> latents (mean of the VAE posterior, scaled)."""
         vae = self.pipe.vae
-        x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+        x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, dtype)
+        return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
 
 
 def reference_images(concept: Concept, size: int) -> np.ndarray:
@@ -249,11 +259,14 @@ class Method(Protocol):
     def loss(self, model, batch: dict[str, torch.Tensor], options: Options, bench: Bench) -> torch.Tensor: ...
 
 
-def _chunked(model, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+def _chunked(model, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor, device: torch.device,
+             dtype: torch.dtype) -> torch.Tensor:
+    """The model's predictions for x, computed on `device` and returned where x is (pools live on the CPU)."""
     t = torch.as_tensor(t).expand(len(x)) if torch.as_tensor(t).ndim == 0 else t
     out = []
     for s in range(0, len(x), EVAL_CHUNK):
-        xs, ts = x[s:s + EVAL_CHUNK], t[s:s + EVAL_CHUNK]
+        xs, ts = x[s:s + EVAL_CHUNK].to(device, dtype), t[s:s + EVAL_CHUNK].to(device)
         cs = cond.expand(len(xs), *cond.shape[1:]) if len(cond) == 1 else cond[s:s + EVAL_CHUNK]
-        out.append(model(xs, ts, cs).float())
+        cs = cs.to(device, dtype) if cs.is_floating_point() else cs.to(device)  # token ids stay integers
+        out.append(model(xs, ts, cs).float().to(x.device))
     return torch.cat(out)

@@ -39,9 +39,10 @@ def run(params: PipelineParams) -> dict:
 
 def _embedder(params: PipelineParams):
     if params.anchors.similarity == "guidance":
+        from ..device import resolve_device
         from ..models import load_pipeline
 
-        return guidance_embedder(load_pipeline(params.model))
+        return guidance_embedder(load_pipeline(params.model, device=str(resolve_device(params.device))))
     from ..models import load_text_encoder
 
     return text_embedder(*load_text_encoder(params.model))

@@ -36,7 +36,9 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
     from ..models import load_pipeline, source_folder, weights_hash
 
     jobs, settings = jobs_and_settings(params)
-    pipe = load_pipeline(params.model)
+    from ..device import resolve_device
+
+    pipe = load_pipeline(params.model, device=str(resolve_device(params.device)))  # fp32 weights to train
     base_hash = weights_hash(source_folder(params.model))
     # Keyed by the code too: a run resumed after training code changed would mix two runs' weights.
     spec = json.dumps({"jobs": [j.describe() for j in jobs], "settings": settings.model_dump(mode="json"),

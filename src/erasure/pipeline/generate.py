@@ -13,6 +13,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 
 from ..cache import ImageCache, sampler_id
 from ..config import PipelineParams
@@ -26,9 +27,11 @@ GENERIC = "_generic"
 
 def base_model(params: PipelineParams):
     """The base pipeline and its weights hash."""
+    from ..device import resolve_device, resolve_dtype
     from ..models import load_pipeline, source_folder, weights_hash
 
-    return load_pipeline(params.model), weights_hash(source_folder(params.model))
+    pipe = load_pipeline(params.model, dtype=resolve_dtype(params.dtype), device=str(resolve_device(params.device)))
+    return pipe, weights_hash(source_folder(params.model))
 
 
 def judges(params: PipelineParams):
@@ -41,8 +44,11 @@ def judges(params: PipelineParams):
 def image_cache(params: PipelineParams, weights_key: str, pipe) -> ImageCache:
     """The content-addressed image cache for `pipe`, whose weights hash to `weights_key`."""
     g = params.generate
+    # Another device or dtype draws other images from the same seeds: named in the key (CPU fp32 as before).
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    where = "" if (device.type, dtype) == ("cpu", torch.float32) else f"@{device.type}-{str(dtype).split('.')[-1]}"
     return ImageCache(params.paths.cache / "images", weights_key, g.steps, g.guidance, g.batch_size,
-                      sampler=sampler_id(pipe))
+                      sampler=sampler_id(pipe) + where)
 
 
 def model_and_cache(params: PipelineParams):
