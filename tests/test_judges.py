@@ -91,3 +91,23 @@ def test_copy_by_sscd_torchscript(tmp_path):
     assert len(judge.describe()["sha256"]) == 64
     with pytest.raises(JudgeError, match="is not a file"):
         build("copy", sscd=str(tmp_path / "absent.pt"))
+
+
+def test_copy_judge_reads_a_neighbour_without_reference_by_clip_accuracy(tiny_clip, tmp_path):
+    class Desc(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    torch.jit.script(Desc()).save(str(tmp_path / "sscd.pt"))
+    clip = build("clip", model=str(tiny_clip))
+    built = []
+    judge = build("copy", sscd=str(tmp_path / "sscd.pt"), clip=lambda: built.append(1) or clip)
+    images = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    judge.detect(images, _ref_probe(tmp_path, images[0]))
+    assert not built  # SSCD reads references; the CLIP is built only for a probe that needs it
+    neighbour = {"name": "anchor:a poster", "target": {"kind": "memorized", "text": "a poster",
+                                                       "contrast": "an image", "reference": None}}
+    np.testing.assert_array_equal(judge.detect(images, neighbour), clip.detect(images, neighbour))
+    assert built == [1]
+    with pytest.raises(JudgeError, match="no target.reference image, and no CLIP"):
+        build("copy", sscd=str(tmp_path / "sscd.pt")).detect(images, neighbour)

@@ -125,6 +125,13 @@ def _explain(spec: str, target: Path | str, exc: Exception) -> str:
     return f"--model {spec!r}: could not load the pipeline from {target}: {text.splitlines()[0][:300]}"
 
 
+def is_sdxl_folder(spec: str) -> bool:
+    """Whether the model's model_index.json names a second text encoder (SDXL), without loading it."""
+    index = _model_index(source_folder(spec)) or {}
+    second = index.get("text_encoder_2")
+    return isinstance(second, list) and second[0] is not None
+
+
 def source_folder(spec: str) -> Path:
     """The folder a model's weights are read from (a hub id: its snapshot in the local cache)."""
     target = resolve(spec)

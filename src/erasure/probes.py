@@ -272,7 +272,7 @@ def _memorized(entry: dict, anchor: str | None, contrast: str | None, blocked: s
                misspellings: int, neighbours_default: Sequence[str]) -> list[Probe]:
     """A memorized image: its caption (or eval prompts), paraphrases, a misspelling; copies measured against
     the first reference image (all of them in `extra["references"]`). Neighbours are other captions that
-    must still be drawn freely (no reference: nothing to copy)."""
+    must still be drawn freely (no reference: nothing to copy; read by CLIP accuracy against "an image")."""
     text = entry["concept"]
     refs = [str(r) for r in entry.get("reference_images") or []]
     if not refs:
@@ -290,7 +290,7 @@ def _memorized(entry: dict, anchor: str | None, contrast: str | None, blocked: s
         probes.append(Probe("misspelling", [wrong] * n, seeds, extra={**extra, "spelling": wrong}, target=target))
     for name, x in _neighbours(entry, anchor, blocked, neighbours_default):
         probes.append(Probe(name, [x] * n, _seeds(seed, f"memorized:{x.casefold()}", n),
-                            target=_target("memorized", x, None)))
+                            target=_target("memorized", x, DEFAULT_CONTRAST["implicit"])))
     return probes
 
 

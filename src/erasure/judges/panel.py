@@ -41,8 +41,9 @@ class Panel:
                 judge = build("nudenet", classes=list(ev.nudenet.classes), threshold=ev.nudenet.threshold)
             elif name == "copy":
                 sscd = str(ev.copy.sscd) if ev.copy.sscd is not None else None
+                # With SSCD the CLIP is built only if a probe without a reference (a neighbour) needs it.
                 judge = build("copy", sscd=sscd, threshold=ev.copy.threshold,
-                              clip=None if sscd else self.get("clip"))
+                              clip=(lambda: self.get("clip")) if sscd else self.get("clip"))
             else:
                 judge = build(name)
             self._built[name] = judge

@@ -29,7 +29,21 @@ def jobs_and_settings(params: PipelineParams, anchors: dict[str, dict] | None = 
     concepts = [inputs.concept(x, anchors[x["concept"]]["anchor"]) for x in entries]
     methods = [inputs.method_for(params, x) for x in entries]
     overrides = [dict(e.recipes.get(f"{m}/{x['kind']}", {})) for m, x in zip(methods, entries)]
-    return plan(concepts, settings, methods, overrides), settings
+    jobs = plan(concepts, settings, methods, overrides)
+    _check_family(params, jobs)
+    return jobs, settings
+
+
+def _check_family(params: PipelineParams, jobs) -> None:
+    """Rules the model's family cannot train, refused from its model_index.json before any work."""
+    from ..families import SDXL_EMBEDDING_RULE
+    from ..models import is_sdxl_folder
+
+    embedding = [j for j in jobs if j.rule == "embedding"]
+    if embedding and is_sdxl_folder(params.model):
+        j = embedding[0]
+        raise ValueError(f"params erase.recipes['{j.method}/{j.concept.kind}'].rule (concept "
+                         f"{j.concept.text!r}) is 'embedding' on the SDXL model {params.model!r}: {SDXL_EMBEDDING_RULE}")
 
 
 def run(params: PipelineParams, stop_after: int | None = None, progress: bool = True) -> dict:
