@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from erasure.detectors.miniworld import HEADS, MiniworldDetector  # noqa: E402
+from erasure.miniworld.detector import HEADS, MiniworldDetector  # noqa: E402
 from erasure.miniworld.clip_train import SHIPPED_CLIP  # noqa: E402
 from erasure.miniworld.concepts import INSTANCES, OBJECTS, STYLES  # noqa: E402
 from erasure.miniworld.probes import probes_for  # noqa: E402

@@ -145,7 +145,7 @@ class Probes:
     """Held-out prompt sets of the miniworld card, read by the detector; base rates cached."""
 
     def __init__(self, n: int):
-        from erasure.detectors.miniworld import MiniworldDetector
+        from erasure.miniworld.detector import MiniworldDetector
         from erasure.miniworld.card import prompt_sets
 
         self.sets = {(s["kind"], s["concept"].split(" (")[0] if s["kind"] != "implicit-unnamed" else s["concept"]): s
@@ -153,7 +153,7 @@ class Probes:
         self.detector = MiniworldDetector.load()
 
     def rate(self, images: np.ndarray, probe: tuple, label: str | None = None) -> float:
-        from erasure.detectors.miniworld import COPY_THRESHOLD, HEADS
+        from erasure.miniworld.detector import COPY_THRESHOLD, HEADS
 
         s = self.sets[probe[:2]]
         pred = self.detector.predict(images)

@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from erasure.detectors.miniworld import COPY_THRESHOLD, MiniworldDetector  # noqa: E402
-from erasure.detectors.miniworld_train import calibrate_copy_threshold, measure as detector_accuracy  # noqa: E402
+from erasure.miniworld.detector import COPY_THRESHOLD, MiniworldDetector  # noqa: E402
+from erasure.miniworld.detector_train import calibrate_copy_threshold, measure as detector_accuracy  # noqa: E402
 from erasure.miniworld import card  # noqa: E402
 from erasure.models import MINIWORLD_PATH, load_pipeline, weights_hash  # noqa: E402
 from erasure.sampling import grid  # noqa: E402

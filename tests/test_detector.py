@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from erasure.detectors.miniworld import COPY_THRESHOLD, DetectorError, MiniworldDetector, to_input
-from erasure.detectors.miniworld_train import calibrate_copy_threshold, measure
+from erasure.miniworld.detector import COPY_THRESHOLD, DetectorError, MiniworldDetector, to_input
+from erasure.miniworld.detector_train import calibrate_copy_threshold, measure
 from erasure.miniworld.concepts import MEMORIZED
 from erasure.miniworld.render import render_memorized
 

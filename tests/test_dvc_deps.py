@@ -34,7 +34,7 @@ DYNAMIC = {"src/erasure/pipeline/entry.py": lambda stage: [f"{PACKAGE}.pipeline.
 # Data the code reads at run time, next to it in the package: the stages whose code reaches the loader
 # need the data among their deps too (the same rule the dvc.yaml comment states).
 DATA = {"src/erasure/models.py": "src/erasure/miniworld/shipped/pipeline",
-        "src/erasure/detectors/miniworld.py": "src/erasure/miniworld/shipped/detector.safetensors"}
+        "src/erasure/miniworld/detector.py": "src/erasure/miniworld/shipped/detector.safetensors"}
 
 
 def module_file(name: str) -> Path | None:

@@ -42,7 +42,7 @@ def test_clip_judge_missing_model_is_one_clear_error(tmp_path):
 
 
 def test_miniworld_judge_reads_the_detector_head():
-    from erasure.detectors.miniworld import HEADS, MiniworldDetector
+    from erasure.miniworld.detector import HEADS, MiniworldDetector
 
     det = MiniworldDetector.load()
     judge = build("miniworld", detector=det)

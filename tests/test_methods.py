@@ -319,7 +319,7 @@ def test_bf16_and_gradient_checkpointing_run(tiny_pipeline_dir, tmp_path):
 
 def test_ca_on_the_miniworld_drops_anchor_images_that_show_the_implicit_attribute(tiny_pipeline_dir, monkeypatch):
     """Implicit kinds: anchor images the detector reads as framed never reach the pool."""
-    from erasure.detectors import miniworld as detector
+    from erasure.miniworld import detector
 
     flagged = []
 

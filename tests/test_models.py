@@ -95,7 +95,7 @@ def test_a_bin_only_model_is_refused_on_every_loading_path(pickled_pipeline_dir,
         load_text_encoder(str(folder))
     for similarity in ("text", "guidance"):  # the anchors stage's two embedders
         with pytest.raises(ModelLoadError, match=expected):
-            _embedder(SimpleNamespace(model=str(folder), anchors=SimpleNamespace(similarity=similarity)))
+            _embedder(SimpleNamespace(model=str(folder), device="cpu", anchors=SimpleNamespace(similarity=similarity)))
     runner = CliRunner()
     for args in (["generate", "-p", "a cat", "-n", "1", "--out", str(tmp_path / "g.png")],
                  ["erase", "--concept", "cat", "--kind", "style", "--steps", "1",
@@ -109,7 +109,7 @@ def test_a_bin_only_model_is_refused_on_every_loading_path(pickled_pipeline_dir,
     import torch
     from PIL import Image
 
-    from erasure.detectors.miniworld import WEIGHTS
+    from erasure.miniworld.detector import WEIGHTS
     from safetensors.torch import load_file
 
     torch.save(load_file(str(WEIGHTS)), tmp_path / "detector.bin")

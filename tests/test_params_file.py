@@ -384,3 +384,17 @@ def test_an_impossible_plan_fails_at_the_anchors_stage_before_any_image(tmp_path
     # Sequential, the same blocklist plans (and the anchors are written).
     params.erase.mode = "sequential"
     assert anchors.run(params) == {"Vasquez": None, "Pip": "circle"}
+
+
+def test_the_clip_judges_params_file_differs_from_params_yaml_only_where_it_says():
+    """params-clip.yaml (the main job read by the clip judge) must run what params.yaml runs."""
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    clip = yaml.safe_load((ROOT / "params-clip.yaml").read_text())
+    own = {("paths", "work"): "work-clip", ("paths", "releases"): "releases-clip",
+           ("evaluate", "judges"): {"default": "clip"}, ("evaluate", "clip"): {"model": "miniworld"},
+           ("release", "registry_name"): "miniworld-erased-clip", ("tracking", "experiment"): "erasure-clip"}
+    for (section, key), value in own.items():
+        assert clip[section].pop(key) == value
+        shipped[section].pop(key)
+    assert clip == shipped
+    load_params(ROOT / "params-clip.yaml")

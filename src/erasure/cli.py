@@ -66,7 +66,7 @@ def _guard(fn, *args, **kwargs):
 
     from .checkpoint import CheckpointError
     from .delta import DeltaError
-    from .detectors.miniworld import DetectorError
+    from .miniworld.detector import DetectorError
     from .models import ModelLoadError
 
     try:
@@ -139,7 +139,7 @@ def detect(
     weights: Annotated[Optional[Path], typer.Option(help="Detector weights (default: shipped).")] = None,
 ):
     """Read miniworld concepts (object, color, style, instance, frame, memorized copies) from images."""
-    from .detectors.miniworld import MiniworldDetector
+    from .miniworld.detector import MiniworldDetector
     from .sampling import load_images
 
     files, images = _guard(load_images, paths)
@@ -159,7 +159,7 @@ def detect(
 
 
 def _print_detections(names: list[str], found) -> None:
-    from .detectors.miniworld import HEADS
+    from .miniworld.detector import HEADS
 
     # Labels and copies never wrap; a long file name or prompt folds within its own column.
     table = Table()
@@ -237,18 +237,15 @@ def erase(
 
     from .models import MINIWORLD, MINIWORLD_PATH, load_pipeline, source_folder, weights_hash
     from .trainer import EraseSettings, erase as run_erase, plan
+    from .worlds import recipe
 
     folder = _guard(source_folder, model)
     spec = MINIWORLD if folder.resolve() == MINIWORLD_PATH.resolve() else model
     given = {k: v for k, v in dict(rule=rule, steps=steps, lr=lr, batch_size=batch_size).items() if v is not None}
-    base = {}
-    if spec == MINIWORLD:  # the methods' own defaults are for SD-scale models
-        from .miniworld.recipes import recipe
-
-        base = recipe(method, kind.value)
-        if base:
-            err.print(f"miniworld recipe for {method} / {kind.value}: {json.dumps(base)} (options given win)",
-                      highlight=False, soft_wrap=True)
+    base = recipe(spec, method, kind.value)  # the methods' own defaults are for SD-scale models
+    if base:
+        err.print(f"miniworld recipe for {method} / {kind.value}: {json.dumps(base)} (options given win)",
+                  highlight=False, soft_wrap=True)
     fields = {**base, **given, "method": method, "options": {**base.get("options", {}), **method_options},
               "mode": mode.value, "seed": seed, "checkpoint_every": checkpoint_every,
               "mixed_precision": mixed_precision}
@@ -315,7 +312,7 @@ def run(
 ):
     """A quick look at a model: sample one prompt per concept kind; on the miniworld, read them back
     with its detector (the main job is the release flow: scripts/run.sh)."""
-    from .detectors.miniworld import MiniworldDetector
+    from .miniworld.detector import MiniworldDetector
     from .miniworld.concepts import catalog
     from .models import MINIWORLD_PATH, load_pipeline, source_folder
     from .sampling import generate as sample, grid
@@ -461,8 +458,8 @@ def miniworld_train_detector(
     """Train the miniworld concept detector and print its accuracy on fresh images (2,000 by default)."""
     import torch
 
-    from .detectors import miniworld_train as mt
-    from .detectors.miniworld import WEIGHTS
+    from .miniworld import detector_train as mt
+    from .miniworld.detector import WEIGHTS
 
     torch.set_num_threads(threads)
     net = mt.train(out_path or WEIGHTS, steps=steps, count=images)

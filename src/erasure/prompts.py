@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from .concept import Concept, ConceptError
+from .worlds import world_prompts
 
 GENERIC_SUBJECTS = (
     "a house by a lake", "a city street at night", "a portrait of a woman", "a bowl of fruit",
@@ -31,10 +32,8 @@ def anchor_prompts(concept: Concept, n: int, model_spec: str, seed: int = 0) -> 
     elif concept.kind in ("instance", "object") and not concept.anchor:
         raise ConceptError(f"concept {concept.text!r} ({concept.kind}): needs an anchor (e.g. its class: "
                            "'Grumpy Cat' -> 'cat')")
-    elif model_spec == "miniworld":
-        from .miniworld.prompts import anchor_prompts as world_prompts
-
-        return world_prompts(concept, n, seed)
+    elif (world := world_prompts(model_spec)) is not None:
+        return world.anchor_prompts(concept, n, seed)
     else:
         subject = concept.anchor if concept.kind in ("instance", "object") else None
         base = [t.format(s=_with_article(subject) if subject else s)
@@ -46,10 +45,8 @@ def anchor_prompts(concept: Concept, n: int, model_spec: str, seed: int = 0) -> 
 
 def preservation_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0) -> list[str]:
     """n ordinary prompts that name none of `exclude` (what an edit should leave unchanged)."""
-    if model_spec == "miniworld":
-        from .miniworld.prompts import preservation_prompts as world_prompts
-
-        return world_prompts([c.text for c in exclude], n, seed)
+    if (world := world_prompts(model_spec)) is not None:
+        return world.preservation_prompts([c.text for c in exclude], n, seed)
     banned = [c.text.lower() for c in exclude]
     base = [t.format(s=s) for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]
     base = [p for p in base if not any(b in p.lower() for b in banned)]

@@ -20,12 +20,12 @@ class MiniworldJudge(Judge):
     name = "miniworld"
 
     def __init__(self, detector=None):
-        from ..detectors.miniworld import MiniworldDetector
+        from ..miniworld.detector import MiniworldDetector
 
         self.detector = detector if detector is not None else MiniworldDetector.load()
 
     def detect(self, images: np.ndarray, probe: dict) -> np.ndarray:
-        from ..detectors.miniworld import COPY_THRESHOLD, HEADS, copy_similarity, memorized_references, to_input
+        from ..miniworld.detector import COPY_THRESHOLD, HEADS, copy_similarity, memorized_references, to_input
 
         if "head" not in probe or not probe["head"]:
             raise JudgeError(f"miniworld judge: probe {probe.get('name')!r} has no detector head (it reads only "
@@ -60,7 +60,7 @@ class MiniworldJudge(Judge):
         return float(metric.compute())
 
     def describe(self) -> dict:
-        from ..detectors.miniworld import COPY_THRESHOLD
+        from ..miniworld.detector import COPY_THRESHOLD
 
         return {"judge": self.name, "model": "miniworld detector (shipped)", "copy_threshold": COPY_THRESHOLD}
 

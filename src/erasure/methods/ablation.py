@@ -26,6 +26,7 @@ from pydantic import Field
 from ..concept import Concept, ConceptError
 from ..families import denoising_target
 from ..prompts import anchor_prompts, target_prompt
+from ..worlds import attribute_reader, not_copies
 from .base import Bench, Defaults, Options, Pool, mse, prompt_table, reference_images
 
 
@@ -74,13 +75,14 @@ class ConceptAblation:
         z = bench.sample_latents(prompts, gen, options.anchor_steps, options.anchor_guidance,
                                  desc=bench.desc(concept, "anchor images"))
         if concept.kind == "memorized":
-            keep = _not_copies(bench, concept, z, options.copy_threshold)
+            images = bench.decode(z)
+            keep = not_copies(images, reference_images(concept, images.shape[2]), options.copy_threshold)
             if not keep.any():
                 raise ConceptError(f"concept {concept.text!r}: every anchor image copies the memorized image; "
                                    "expected paraphrases whose generations differ from it")
             prompts, z = [p for p, k in zip(prompts, keep) if k], z[torch.as_tensor(keep)]
-        elif concept.kind in ("implicit", "nudity") and bench.model_spec == "miniworld":
-            keep = _without_attribute(bench, z)
+        elif concept.kind in ("implicit", "nudity") and (shows := attribute_reader(bench.model_spec)):
+            keep = ~shows(bench.decode(z))
             if not keep.any():
                 raise ConceptError(f"concept {concept.text!r}: every anchor image shows the attribute")
             prompts, z = [p for p, k in zip(prompts, keep) if k], z[torch.as_tensor(keep)]
@@ -106,19 +108,3 @@ class ConceptAblation:
         if options.regularization:
             loss = loss + options.regularization * mse(model(x, t, batch["a"]), denoising_target(batch))
         return loss
-
-
-def _not_copies(bench: Bench, concept: Concept, latents: torch.Tensor, threshold: float | None) -> np.ndarray:
-    from ..detectors.miniworld import COPY_THRESHOLD, copy_similarity, to_input
-
-    images = to_input(bench.decode(latents))
-    refs = to_input(reference_images(concept, images.shape[-1]))
-    sim = torch.stack([copy_similarity(images, r[None]) for r in refs]).amax(0).numpy()
-    return sim < (COPY_THRESHOLD if threshold is None else threshold)
-
-
-def _without_attribute(bench: Bench, latents: torch.Tensor) -> np.ndarray:
-    """Anchor images the miniworld detector reads as frameless (its implicit attribute)."""
-    from ..detectors.miniworld import MiniworldDetector
-
-    return MiniworldDetector.load().predict(bench.decode(latents))["frame"][:, 1] < 0.5

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ..detectors.miniworld import COPY_THRESHOLD, HEADS, MiniworldDetector
+from .detector import COPY_THRESHOLD, HEADS, MiniworldDetector
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from .concepts import COLORS, IMPLICIT_PHRASE, INSTANCES, MEMORIZED, OBJECTS, STYLES
 from .render import Scene

@@ -132,7 +132,7 @@ def judge_targets(labels: list[dict]) -> torch.Tensor:
 
 def render_scene(seed: int, index: int) -> Scene:
     """World scenes rebalanced towards what the judge must tell apart: instances, styles, memorized."""
-    from ..detectors.miniworld_train import detector_scene
+    from .detector_train import detector_scene
 
     rng = scene_rng(seed + 1, index)
     if rng.random() < 0.04:
@@ -149,7 +149,7 @@ def generated_set(count: int, cache: Path, seed: int = GENERATED_SEED, batch: in
     """Images the shipped model draws from training-template captions, labelled by the detector.
 
     Cached as cache/generated-<count>-<seed>.npz (+ .json labels): drawing them is the slow part."""
-    from ..detectors.miniworld import COPY_THRESHOLD, HEADS, MiniworldDetector
+    from .detector import COPY_THRESHOLD, HEADS, MiniworldDetector
     from ..models import load_pipeline
     from ..sampling import generate
 
@@ -279,7 +279,7 @@ def train(out: Path = SHIPPED_CLIP, steps: int = 1500, renders: int = 12000, gen
           batch: int = 96, lr: float = 1e-3, seed: int = 0, cache: Path = Path("build/clip"),
           checkpoint_every: int = 100, log=print) -> dict:
     """Train and save to `out` (save_pretrained, safetensors) with its processor; returns a log."""
-    from ..detectors.miniworld_train import augment
+    from .detector_train import augment
 
     torch.manual_seed(seed)
     t0 = time.time()

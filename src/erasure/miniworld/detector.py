@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..miniworld.concepts import COLORS, INSTANCES, MEMORIZED, OBJECTS, STYLES
+from .concepts import COLORS, INSTANCES, MEMORIZED, OBJECTS, STYLES
 
 HEADS: dict[str, tuple[str, ...]] = {
     "object": OBJECTS,
@@ -28,10 +28,10 @@ HEADS: dict[str, tuple[str, ...]] = {
 }
 
 # Correlation of blurred 16x16 images above which a generation counts as a copy of a memorized
-# image. Calibrated by `erasure.detectors.miniworld_train.calibrate_copy_threshold` (see the card).
+# image. Calibrated by `erasure.miniworld.detector_train.calibrate_copy_threshold` (see the card).
 COPY_THRESHOLD = 0.80
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "miniworld" / "shipped" / "detector.safetensors"
+WEIGHTS = Path(__file__).resolve().parent / "shipped" / "detector.safetensors"
 
 
 class DetectorNet(nn.Module):
@@ -76,7 +76,7 @@ _REFERENCES: dict[str, torch.Tensor] = {}
 
 def memorized_references() -> dict[str, torch.Tensor]:
     if not _REFERENCES:
-        from ..miniworld.render import render_memorized
+        from .render import render_memorized
 
         for key, m in MEMORIZED.items():
             _REFERENCES[key] = to_input(render_memorized(m))

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..io import save_safetensors
-from ..miniworld.concepts import INSTANCES, MEMORIZED, STYLES
-from ..miniworld.render import Scene, render, render_memorized
-from ..miniworld.world import sample_scene, scene_rng
-from .miniworld import HEADS, DetectorNet, copy_similarity, to_input
+from .concepts import INSTANCES, MEMORIZED, STYLES
+from .render import Scene, render, render_memorized
+from .world import sample_scene, scene_rng
+from .detector import HEADS, DetectorNet, copy_similarity, to_input
 
 TRAIN_SEED, TEST_SEED = 777, 4242
 BLUR_SIGMAS = (0.0, 0.5, 0.8, 1.1)
@@ -107,7 +107,7 @@ def train(out: Path, steps: int = 2000, count: int = 30000, batch: int = 64, lr:
 @torch.no_grad()
 def measure(net: DetectorNet, count: int = 2000, seed: int = TEST_SEED, natural: bool = True) -> dict:
     """Accuracy per head on fresh augmented images (from the world's own distribution if natural)."""
-    from ..miniworld.world import sample_scene as natural_scene
+    from .world import sample_scene as natural_scene
 
     t0 = time.time()
     if natural:
