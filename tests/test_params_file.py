@@ -398,3 +398,16 @@ def test_the_clip_judges_params_file_differs_from_params_yaml_only_where_it_says
         shipped[section].pop(key)
     assert clip == shipped
     load_params(ROOT / "params-clip.yaml")
+
+
+def test_the_readmes_evaluate_example_is_a_valid_section(tmp_path):
+    import re
+
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                 if b.startswith("evaluate:"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(yaml.safe_load(block), model="some/sd-model")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    ev = load_params(path).evaluate
+    assert str(ev.copy.sscd).endswith(".pt") and ev.i2p == tmp_path / "prompts" / "i2p-nudity.csv"
