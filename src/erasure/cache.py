@@ -38,12 +38,16 @@ def sampler_id(pipe) -> str:
 
 class ImageCache:
     def __init__(self, root: Path, model_hash: str, steps: int, guidance: float, batch_size: int = 64, *,
-                 sampler: str, code: str | None = None):
+                 sampler: str, code: str | None = None, processes=None):
+        """`processes`: Accelerate's PartialState when several processes share the drawing
+        (erasure/processes.py); every process then calls `images` with the same prompts, in the same order."""
         self.root = Path(root)
+        self.processes = processes
         self.model_hash, self.steps, self.guidance, self.batch_size = model_hash, steps, guidance, batch_size
         self.sampler = sampler
         self.code = code if code is not None else code_hash(*IMAGE_CODE)
         self.hits = self.misses = 0
+        self.drawn = 0  # by this process (misses, less the other processes' shares)
 
     def key(self, prompt: str, seed: int) -> str:
         spec = [self.model_hash, prompt, int(seed), self.steps, float(self.guidance), self.sampler, self.code]
@@ -57,22 +61,34 @@ class ImageCache:
                desc: str = "generating") -> np.ndarray:
         """uint8 (N, H, W, 3): cached images loaded, the rest generated (by `pipe`) and stored."""
         paths = [self.path(p, s) for p, s in zip(prompts, seeds)]
+        shared = self.processes is not None and self.processes.num_processes > 1
         found = [_read(p) for p in paths]
         missing = [i for i, img in enumerate(found) if img is None]
+        if shared:  # every process has read the cache before any writes this call's images: one missing list
+            self.processes.wait_for_everyone()
         self.hits += len(paths) - len(missing)
         self.misses += len(missing)
-        if missing:
+        mine = missing[self.processes.process_index::self.processes.num_processes] if shared else missing
+        self.drawn += len(mine)
+        if mine:
             if pipe is None:
                 raise RuntimeError(f"{len(missing)} images are not cached and no pipeline was given to draw them")
-            fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing], steps=self.steps,
+            fresh = generate(pipe, [prompts[i] for i in mine], [seeds[i] for i in mine], steps=self.steps,
                              guidance=self.guidance, batch_size=self.batch_size, progress=progress, desc=desc)
-            for i, img in zip(missing, fresh):
+            for i, img in zip(mine, fresh):
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format="PNG")
                 with atomic_file(paths[i], "wb") as fh:
                     fh.write(buf.getvalue())
                 write_digest(paths[i], buf.getvalue())  # after the image: a record always describes a whole file
                 found[i] = img
+        if shared:  # the others' shares are in the cache now
+            self.processes.wait_for_everyone()
+            for i in sorted(set(missing) - set(mine)):
+                found[i] = _read(paths[i])
+                if found[i] is None:
+                    raise RuntimeError(f"image cache: {paths[i]}: another process should have drawn it; "
+                                       "is the cache folder shared by every process?")
         return np.stack(found)
 
 

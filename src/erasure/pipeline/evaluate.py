@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import PipelineParams
 from ..delta import apply_delta, load_delta
+from .. import processes
 from ..io import atomic_dir, atomic_file
 from ..sampling import grid, side_by_side
 from ..worlds import reference_name
@@ -146,7 +147,13 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     pipe, base_hash, cache = erased_model(params)
     panel = judges(params)
     concepts = {e["concept"]: evaluate_concept(params, e, pipe, cache, panel) for e in inputs.entries(params)}
-    return write(params, base_hash, concepts, evaluate_generic(params, pipe, cache, panel), track)
+    generic = evaluate_generic(params, pipe, cache, panel)
+    if not processes.is_main():  # several processes shared the drawing; the main one writes and tracks
+        processes.wait()
+        return {"concepts": sorted(concepts), "written_by": "the main process"}
+    metrics = write(params, base_hash, concepts, generic, track)
+    processes.wait()
+    return metrics
 
 
 def _sha256(path) -> str:

@@ -18,7 +18,7 @@ import torch
 from ..cache import ImageCache, sampler_id
 from ..config import PipelineParams
 from ..io import atomic_dir
-from .. import worlds
+from .. import processes, worlds
 from ..prompts import anchor_prompts
 from . import inputs
 
@@ -48,7 +48,7 @@ def image_cache(params: PipelineParams, weights_key: str, pipe) -> ImageCache:
     device, dtype = pipe.unet.device, pipe.unet.dtype
     where = "" if (device.type, dtype) == ("cpu", torch.float32) else f"@{device.type}-{str(dtype).split('.')[-1]}"
     return ImageCache(params.paths.cache / "images", weights_key, g.steps, g.guidance, g.batch_size,
-                      sampler=sampler_id(pipe) + where)
+                      sampler=sampler_id(pipe) + where, processes=processes.launched())
 
 
 def model_and_cache(params: PipelineParams):
@@ -67,6 +67,9 @@ def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, bl
     record = {"concept": entry["concept"], "kind": entry["kind"], "anchor": anchor,
               "method": inputs.method_for(params, entry), "probes": probes,
               "anchor_prompts": anchor_prompts(concept, 8, params.model) if anchor else []}
+    if not processes.is_main():  # the main process writes the folder (the same images)
+        return {"concept": entry["concept"], "probes": len(probes),
+                "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
     with atomic_dir(params.paths.stage("generate") / inputs.slug(entry["concept"])) as tmp:
         (tmp / "probes.json").write_text(json.dumps(record, indent=1))
         np.savez_compressed(tmp / "before.npz", **images)
@@ -78,6 +81,8 @@ def generate_generic(params: PipelineParams, blocked: set[str], pipe, cache) -> 
     prompts, seeds, real = worlds.generic(params, blocked)
     drawn, kept = cache.misses, cache.hits
     images = cache.images(pipe, prompts, seeds, desc="generic prompts")
+    if not processes.is_main():
+        return {"concept": GENERIC, "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
     with atomic_dir(params.paths.stage("generate") / GENERIC) as tmp:
         (tmp / "probes.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}, indent=1))
         np.savez_compressed(tmp / "before.npz", generic=images, **({"real": real} if real is not None else {}))
@@ -94,7 +99,12 @@ def run(params: PipelineParams) -> dict:
         generate_concept(params, e, anchors[e["concept"]]["anchor"], blocked, pipe, cache)
     generate_generic(params, blocked, pipe, cache)
     keep = {inputs.slug(e["concept"]) for e in entries} | {GENERIC}
-    for stale in params.paths.stage("generate").iterdir():  # concepts no longer on the blocklist
-        if stale.is_dir() and stale.name not in keep:
+    for stale in params.paths.stage("generate").iterdir() if processes.is_main() else ():
+        if stale.is_dir() and stale.name not in keep:  # concepts no longer on the blocklist
             shutil.rmtree(stale)
-    return {"concepts": len(entries), "images_drawn": cache.misses, "images_from_cache": cache.hits}
+    processes.wait()  # no process reports done before the folders are written
+    out = {"concepts": len(entries), "images_drawn": cache.misses, "images_from_cache": cache.hits}
+    state = processes.launched()
+    if state is not None:
+        out |= {"process": f"{state.process_index}/{state.num_processes}", "images_drawn_here": cache.drawn}
+    return out
