@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=None, help="latent size (default: each family's native)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one configuration, JSON out
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only these configurations' rows in the committed results (a rerun of one row)")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch here")
@@ -179,6 +181,9 @@ def main() -> None:
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                    if proc.returncode < 0:  # no traceback: the kernel stopped it (SIGKILL: out of memory)
+                        tail = f"killed by signal {-proc.returncode}" + (
+                            " (out of memory?)" if proc.returncode == -9 else "")
                     rows.append({"family": f, "dtype": d, "method": m, "device": a.device, "latent": latent,
                                  "error": tail})
                     print(f"  failed: {tail}", flush=True)
@@ -187,6 +192,11 @@ def main() -> None:
                 r = rows[-1]
                 print(f"  peak {r['ratio']:.2f}x weights ({r['weights_mb'] / 1024:.2f} GB), "
                       f"{r['seconds_step']:.1f} s/step, pool {r['seconds_pool']:.1f} s", flush=True)
+    if a.merge and (RESULTS / "families.json").is_file():
+        key = lambda r: (r["family"], r["dtype"], r["method"], r["device"])  # noqa: E731
+        new = {key(r): r for r in rows}
+        old = json.loads((RESULTS / "families.json").read_text())
+        rows = [new.pop(key(r), r) for r in old] + list(new.values())
     text = report(rows)
     print(text)
     if not a.no_write:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..concept import ConceptError
+from ..probes import misspell
 from .card import ordinary_scenes
 from .concepts import (
     CLIP_ANY_OBJECT,
@@ -46,19 +47,6 @@ class Probe:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def misspell(text: str) -> str:
-    """Swap two letters in the middle of the longest word: 'Vasquez' -> 'Vaqsuez'."""
-    words = text.split(" ")
-    k = max(range(len(words)), key=lambda i: len(words[i]))
-    w = words[k]
-    if len(w) < 4:
-        return text + text[-1]
-    i = len(w) // 2
-    swapped = w[:i - 1] + w[i] + w[i - 1] + w[i + 1:]
-    words[k] = swapped if swapped != w else w[:i] + w[i + 1:]
-    return " ".join(words)
 
 
 def _captions(scenes: list[Scene], seed: int, **kw) -> list[str]:
