@@ -190,3 +190,15 @@ def test_sdxl_refuses_the_embedding_rule_before_any_work(family_dirs, tmp_path):
                               "-c", "rex", "--kind", "object", "--rule", "embedding", "--steps", "1"])
     assert res.exit_code == 2 and "SDXL" in res.output and "embedding" in res.output, res.output
     assert not (tmp_path / "d.safetensors").exists() and not (tmp_path / "d.safetensors.work").exists()
+
+
+def test_guidance_anchor_similarity_runs_on_sdxl_with_its_conditioning(family_dirs):
+    from erasure.anchors import choose, guidance_embedder
+
+    embed = guidance_embedder(load_pipeline(str(family_dirs["sdxl"])))
+    v = embed(["a dog", "a cat", "a dog"])
+    assert v.shape[0] == 3 and torch.allclose(v.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(v[0], v[2]) and not torch.allclose(v[0], v[1])
+    c = choose("Pip", "instance", "ca", anchor=None, paraphrases=[], candidates=["dog", "cat"],
+               no_anchor_methods=["esd"], embed=embed)
+    assert c.anchor in ("dog", "cat") and set(c.scores) == {"dog", "cat"}

@@ -85,30 +85,53 @@ GUIDANCE_SAMPLES = 16
 
 
 def guidance_embedder(pipe, seed: int = 0):
-    """Unit-norm guidance directions eps(x, t, text) - eps(x, t, "") of an SD 1.x / 2.x pipeline,
-    concatenated over GUIDANCE_TIMESTEPS on GUIDANCE_SAMPLES fixed Gaussian latents (seeded)."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ConceptError("anchors.similarity 'guidance' supports SD 1.x / 2.x pipelines; use 'text' for SDXL")
-    unet, tokenizer, text_encoder = pipe.unet, pipe.tokenizer, pipe.text_encoder
+    """Unit-norm guidance directions eps(x, t, text) - eps(x, t, "") of an SD 1.x / 2.x / XL pipeline,
+    concatenated over GUIDANCE_TIMESTEPS on GUIDANCE_SAMPLES fixed Gaussian latents (seeded). SDXL's
+    UNet gets the pipeline's own conditioning: both encoders' states, the pooled embedding, time ids,
+    and as the unconditional its negative ("" or zeros, as its config says)."""
+    from .families import added_conditioning, is_sdxl
+
+    unet = pipe.unet
     size = unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
     latents = torch.randn(GUIDANCE_SAMPLES, unet.config.in_channels, size, size,
                           generator=torch.Generator().manual_seed(seed)).to(unet.device, unet.dtype)
     last = pipe.scheduler.config.num_train_timesteps - 1
     steps = [torch.full((GUIDANCE_SAMPLES,), min(t, last), device=unet.device) for t in GUIDANCE_TIMESTEPS]
+    sdxl = is_sdxl(pipe)
+    time_ids = added_conditioning(pipe)["time_ids"].to(unet.device, unet.dtype) if sdxl else None
+
+    def conditions(texts: list[str], negative: bool = False) -> list[dict]:  # UNet kwargs per text
+        if not sdxl:
+            tok = pipe.tokenizer
+            ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                      return_tensors="pt").input_ids
+            states = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].to(unet.dtype)
+            return [{"encoder_hidden_states": s[None]} for s in states]
+        states, neg, pooled, neg_pooled = pipe.encode_prompt(texts, device=unet.device, num_images_per_prompt=1,
+                                                             do_classifier_free_guidance=negative)
+        states, pooled = (neg, neg_pooled) if negative else (states, pooled)
+        return [{"encoder_hidden_states": s[None].to(unet.dtype),
+                 "added_cond_kwargs": {"text_embeds": p[None].to(unet.dtype), "time_ids": time_ids}}
+                for s, p in zip(states, pooled)]
+
+    def expand(kw: dict) -> dict:
+        n = GUIDANCE_SAMPLES
+        out = {"encoder_hidden_states": kw["encoder_hidden_states"].expand(n, -1, -1)}
+        if "added_cond_kwargs" in kw:
+            out["added_cond_kwargs"] = {k: v.expand(n, -1) for k, v in kw["added_cond_kwargs"].items()}
+        return out
 
     @torch.no_grad()
-    def eps_of(texts: list[str]) -> list[list[torch.Tensor]]:  # [text][timestep] -> eps, flattened
-        ids = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                        return_tensors="pt").input_ids
-        states = text_encoder(ids.to(text_encoder.device))[0].to(unet.dtype)
-        return [[unet(latents, step, encoder_hidden_states=s.expand(GUIDANCE_SAMPLES, -1, -1)).sample.float().flatten()
-                 for step in steps] for s in states.unsqueeze(1)]
+    def eps_of(texts: list[str], negative: bool = False) -> list[list[torch.Tensor]]:  # [text][timestep] -> eps
+        return [[unet(latents, step, **expand(kw)).sample.float().flatten() for step in steps]
+                for kw in conditions(texts, negative)]
 
     unconditional = []  # computed once, on the first call
 
     def embed(texts: list[str]) -> torch.Tensor:
         if not unconditional:
-            unconditional.extend(eps_of([""])[0])
+            unconditional.extend(eps_of([""], negative=sdxl)[0])
         directions = [torch.cat([e - u for e, u in zip(per_t, unconditional)]) for per_t in eps_of(texts)]
         return torch.nn.functional.normalize(torch.stack(directions), dim=-1).cpu()
 
