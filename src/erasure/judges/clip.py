@@ -19,11 +19,13 @@ DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 class ClipJudge(Judge):
     name = "clip"
 
-    def __init__(self, model: str = DEFAULT_MODEL):
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu"):
+        """`device`: where the CLIP runs (the run's device); features come back on the CPU."""
         from transformers import CLIPModel, CLIPProcessor
 
+        self.device = torch.device(device)
         try:
-            self.model = CLIPModel.from_pretrained(model, use_safetensors=True).eval()
+            self.model = CLIPModel.from_pretrained(model, use_safetensors=True).eval().to(self.device)
             self.processor = CLIPProcessor.from_pretrained(model)
         except OSError as e:
             raise JudgeError(f"clip judge: cannot load CLIP model {model!r} (a folder or hub id with "
@@ -33,16 +35,17 @@ class ClipJudge(Judge):
     @torch.no_grad()
     def image_features(self, images: np.ndarray) -> torch.Tensor:
         inputs = self.processor(images=list(images), return_tensors="pt")
-        f = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+        f = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
         f = f if isinstance(f, torch.Tensor) else f.pooler_output
-        return torch.nn.functional.normalize(f.float(), dim=-1)
+        return torch.nn.functional.normalize(f.float(), dim=-1).cpu()
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
         inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
-        f = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        f = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
+                                         attention_mask=inputs["attention_mask"].to(self.device))
         f = f if isinstance(f, torch.Tensor) else f.pooler_output
-        return torch.nn.functional.normalize(f.float(), dim=-1)
+        return torch.nn.functional.normalize(f.float(), dim=-1).cpu()
 
     def score(self, images: np.ndarray, probe: dict) -> np.ndarray:
         """Cosine to the target text minus cosine to the contrast text (0 contrast: plain cosine)."""

@@ -25,17 +25,18 @@ _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 class CopyJudge(Judge):
     name = "copy"
 
-    def __init__(self, sscd: str | None = None, threshold: float = 0.5, clip=None):
+    def __init__(self, sscd: str | None = None, threshold: float = 0.5, clip=None, device: str = "cpu"):
         """`clip`: the clip judge, or a callable returning it (built only when a probe needs it)."""
         self.threshold = float(threshold)
         self.sscd_path = sscd
         self._clip = clip
+        self.device = torch.device(device)
         if sscd is not None:
             p = Path(sscd)
             if not p.is_file():
                 raise JudgeError(f"copy judge: evaluate.copy.sscd {sscd!r} is not a file (an SSCD TorchScript .pt)")
             self.sscd_hash = hashlib.sha256(p.read_bytes()).hexdigest()
-            self.sscd = torch.jit.load(str(p), map_location="cpu").eval()
+            self.sscd = torch.jit.load(str(p), map_location=self.device).eval()
         elif clip is None:
             raise JudgeError("copy judge: no evaluate.copy.sscd file and no CLIP judge to embed with")
 
@@ -50,7 +51,8 @@ class CopyJudge(Judge):
         if self.sscd_path is None:
             return self.clip.image_features(images)
         x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() / 255.0
-        return torch.nn.functional.normalize(self.sscd((x - _MEAN) / _STD).float(), dim=-1)
+        x = ((x - _MEAN) / _STD).to(self.device)
+        return torch.nn.functional.normalize(self.sscd(x).float(), dim=-1).cpu()
 
     def score(self, images: np.ndarray, probe: dict) -> np.ndarray:
         ref = target(probe, self.name).get("reference")

@@ -35,14 +35,17 @@ class Panel:
     def get(self, name: str) -> Judge:
         if name not in self._built:
             ev = self.params.evaluate
+            from ..device import resolve_device
+
+            device = str(resolve_device(self.params.device))  # NudeNet's ONNX runtime stays on the CPU
             if name == "clip":
-                judge = build("clip", model=ev.clip.model)
+                judge = build("clip", model=ev.clip.model, device=device)
             elif name == "nudenet":
                 judge = build("nudenet", classes=list(ev.nudenet.classes), threshold=ev.nudenet.threshold)
             elif name == "copy":
                 sscd = str(ev.copy.sscd) if ev.copy.sscd is not None else None
                 # With SSCD the CLIP is built only if a probe without a reference (a neighbour) needs it.
-                judge = build("copy", sscd=sscd, threshold=ev.copy.threshold,
+                judge = build("copy", sscd=sscd, threshold=ev.copy.threshold, device=device,
                               clip=(lambda: self.get("clip")) if sscd else self.get("clip"))
             else:
                 judge = build(name)
