@@ -5,6 +5,8 @@ that the quality metrics (FID, KID, CLIP score) of models other than the miniwor
 
 from __future__ import annotations
 
+import threading
+
 from ..config import PipelineParams
 from .base import Judge
 from .registry import build
@@ -14,6 +16,7 @@ class Panel:
     def __init__(self, params: PipelineParams):
         self.params = params
         self._built: dict[str, Judge] = {}
+        self._lock = threading.RLock()  # the flow's parallel tasks share a panel: each judge loads once
 
     def name_for(self, kind: str) -> str:
         return self.params.judge_for(kind)
@@ -33,6 +36,10 @@ class Panel:
             self.clip()
 
     def get(self, name: str) -> Judge:
+        with self._lock:
+            return self._get(name)
+
+    def _get(self, name: str) -> Judge:
         if name not in self._built:
             ev = self.params.evaluate
             from ..device import resolve_device

@@ -34,11 +34,19 @@ def base_model(params: PipelineParams):
     return pipe, weights_hash(source_folder(params.model))
 
 
+_PANELS: dict[str, object] = {}
+
+
 def judges(params: PipelineParams):
-    """The run's judges (erasure/judges/panel.py), built on first use."""
+    """The run's judges (erasure/judges/panel.py), each built on first use and shared by every stage and
+    flow task of this process that asks with the same model, device and evaluate section (a CLIP-L is
+    loaded once, not once per concept)."""
     from ..judges.panel import Panel
 
-    return Panel(params)
+    key = json.dumps([params.model, params.device, params.evaluate.model_dump(mode="json")], sort_keys=True)
+    if key not in _PANELS:
+        _PANELS[key] = Panel(params)
+    return _PANELS[key]
 
 
 def image_cache(params: PipelineParams, weights_key: str, pipe) -> ImageCache:
