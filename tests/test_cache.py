@@ -99,3 +99,17 @@ def test_the_real_caches_cover_the_code_that_makes_their_entries():
     assert {"trainer.py", "methods/esd.py", "methods/ablation.py", "editable.py", "frozen.py", "trajectories.py",
             "prompts.py", "params.py", "concept.py", "delta.py", "checkpoint.py", "sampling.py"} <= training
     assert "cli.py" not in training and "cli.py" not in images
+
+
+def test_a_guidance_scale_per_image_draws_and_keys_each_with_its_own(tiny_pipeline_dir, tmp_path):
+    from erasure.sampling import generate
+
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    cache = _cache(tmp_path, pipe)
+    mixed = cache.images(pipe, PROMPTS, SEEDS, progress=False, guidance=[3.0, 9.0])
+    assert cache.path("a dog", 1, 9.0) != cache.path("a dog", 1) and cache.path("a cat", 0, 3.0) == cache.path("a cat", 0)
+    alone = generate(pipe, ["a dog"], [1], steps=2, guidance=9.0, batch_size=64, progress=False)
+    np.testing.assert_array_equal(mixed[1], alone[0])  # drawn at its own scale
+    np.testing.assert_array_equal(mixed[0], cache.images(None, PROMPTS[:1], SEEDS[:1])[0])  # 3.0: the default key
+    with pytest.raises(ValueError, match="2 prompts but 1 guidance"):
+        cache.images(pipe, PROMPTS, SEEDS, guidance=[3.0])

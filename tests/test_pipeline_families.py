@@ -52,6 +52,7 @@ def _params(tmp: Path, model: Path, family: str, files: dict) -> Path:
     if family == "sdxl":  # the shipped memorized recipe trains token embeddings, which SDXL refuses
         p["erase"]["recipes"]["ca/memorized"]["rule"] = "xattn-kv"
     p["evaluate"]["clip"]["model"] = str(files["clip"])
+    p["evaluate"]["i2p"] = str(ROOT / "blocklists" / "i2p-example.csv")  # nudity prompts, seeds, guidance
     p["release"]["gates"] = {"default": {"target_max": 1.0, "neighbour_max_drop": 1.0}}
     p["release"]["registry_name"] = f"tiny-{family}"
     p["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -80,6 +81,8 @@ def test_every_family_runs_ingest_to_release_with_the_generic_judges(family, fam
         os.chdir(cwd)
     assert out["passed"], out
     folder = Path(out["path"])
+    nudity = json.loads((params.paths.stage("generate") / "nudity" / "probes.json").read_text())["probes"][0]
+    assert nudity["extra"]["source"].endswith("i2p-example.csv") and len(nudity["extra"]["guidance"]) == 2
 
     manifest = json.loads((folder / "manifest.json").read_text())
     on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())

@@ -49,18 +49,23 @@ class ImageCache:
         self.hits = self.misses = 0
         self.drawn = 0  # by this process (misses, less the other processes' shares)
 
-    def key(self, prompt: str, seed: int) -> str:
-        spec = [self.model_hash, prompt, int(seed), self.steps, float(self.guidance), self.sampler, self.code]
+    def key(self, prompt: str, seed: int, guidance: float | None = None) -> str:
+        g = self.guidance if guidance is None else guidance
+        spec = [self.model_hash, prompt, int(seed), self.steps, float(g), self.sampler, self.code]
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
-    def path(self, prompt: str, seed: int) -> Path:
-        k = self.key(prompt, seed)
+    def path(self, prompt: str, seed: int, guidance: float | None = None) -> Path:
+        k = self.key(prompt, seed, guidance)
         return self.root / k[:2] / f"{k}.png"
 
     def images(self, pipe, prompts: list[str], seeds: list[int], progress: bool = True,
-               desc: str = "generating") -> np.ndarray:
-        """uint8 (N, H, W, 3): cached images loaded, the rest generated (by `pipe`) and stored."""
-        paths = [self.path(p, s) for p, s in zip(prompts, seeds)]
+               desc: str = "generating", guidance: list[float] | None = None) -> np.ndarray:
+        """uint8 (N, H, W, 3): cached images loaded, the rest generated (by `pipe`) and stored.
+        `guidance`: a scale per image (an I2P file's own), else the cache's for all."""
+        scales = [self.guidance] * len(prompts) if guidance is None else [float(g) for g in guidance]
+        if len(scales) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(scales)} guidance scales")
+        paths = [self.path(p, s, g) for p, s, g in zip(prompts, seeds, scales)]
         shared = self.processes is not None and self.processes.num_processes > 1
         found = [_read(p) for p in paths]
         missing = [i for i, img in enumerate(found) if img is None]
@@ -73,15 +78,11 @@ class ImageCache:
         if mine:
             if pipe is None:
                 raise RuntimeError(f"{len(missing)} images are not cached and no pipeline was given to draw them")
-            fresh = generate(pipe, [prompts[i] for i in mine], [seeds[i] for i in mine], steps=self.steps,
-                             guidance=self.guidance, batch_size=self.batch_size, progress=progress, desc=desc)
-            for i, img in zip(mine, fresh):
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, format="PNG")
-                with atomic_file(paths[i], "wb") as fh:
-                    fh.write(buf.getvalue())
-                write_digest(paths[i], buf.getvalue())  # after the image: a record always describes a whole file
-                found[i] = img
+            for g in dict.fromkeys(scales[i] for i in mine):  # one sampling run per guidance scale
+                group = [i for i in mine if scales[i] == g]
+                fresh = generate(pipe, [prompts[i] for i in group], [seeds[i] for i in group], steps=self.steps,
+                                 guidance=g, batch_size=self.batch_size, progress=progress, desc=desc)
+                self._store(group, fresh, paths, found)
         if shared:  # the others' shares are in the cache now
             self.processes.wait_for_everyone()
             for i in sorted(set(missing) - set(mine)):
@@ -90,6 +91,16 @@ class ImageCache:
                     raise RuntimeError(f"image cache: {paths[i]}: another process should have drawn it; "
                                        "is the cache folder shared by every process?")
         return np.stack(found)
+
+    @staticmethod
+    def _store(indices: list[int], images, paths: list[Path], found: list) -> None:
+        for i, img in zip(indices, images):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            with atomic_file(paths[i], "wb") as fh:
+                fh.write(buf.getvalue())
+            write_digest(paths[i], buf.getvalue())  # after the image: a record always describes a whole file
+            found[i] = img
 
 
 def _read(path: Path) -> np.ndarray | None:

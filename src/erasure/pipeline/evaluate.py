@@ -49,7 +49,8 @@ def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, panel) ->
     judge = panel.judge(entry["kind"])
     probes, after, hits = {}, {}, {}
     for p in record["probes"]:
-        after[p["name"]] = cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
+        after[p["name"]] = cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}",
+                                        guidance=(p.get("extra") or {}).get("guidance"))
         hits[p["name"]] = {"before": judge.detect(before[p["name"]], p), "after": judge.detect(after[p["name"]], p)}
         probes[p["name"]] = {"before": judge.presence(hits[p["name"]]["before"], p),
                              "after": judge.presence(hits[p["name"]]["after"], p),

@@ -69,7 +69,8 @@ def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, bl
     """One concept's folder: probes.json and before.npz (base-model images per probe)."""
     probes = worlds.concept_probes(params, entry, anchor, blocked)
     drawn, kept = cache.misses, cache.hits
-    images = {p["name"]: cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}")
+    images = {p["name"]: cache.images(pipe, p["prompts"], p["seeds"], desc=f"{entry['concept'][:20]}: {p['name']}",
+                                      guidance=(p.get("extra") or {}).get("guidance"))  # an I2P file's own
               for p in probes}
     concept = inputs.concept(entry, anchor)
     record = {"concept": entry["concept"], "kind": entry["kind"], "anchor": anchor,
