@@ -1,6 +1,6 @@
-"""The generate and evaluate stages over two processes (`accelerate launch --num_processes 2`, CPU, gloo):
-each process draws a share of the images, and the stage writes what one process writes, up to the
-rounding of drawing an image in another batch (erasure/processes.py)."""
+"""The generate stage over two processes (`accelerate launch --num_processes 2`, CPU, gloo): each process
+draws a share of the images, and the stage writes what one process writes, up to the rounding of drawing
+an image in another batch (erasure/processes.py); evaluate's other processes write nothing."""
 
 import json
 import os
@@ -57,8 +57,10 @@ def _setup(tmp: Path, family_dirs, judge_files) -> Path:
     return path
 
 
-def test_two_processes_share_the_drawing_and_write_what_one_writes(family_dirs, judge_files, tmp_path, one_thread):
-    from erasure.pipeline import erase, evaluate, generate
+def test_two_processes_share_the_drawing_and_write_what_one_writes(family_dirs, judge_files, tmp_path, one_thread,
+                                                                    monkeypatch):
+    from erasure import processes
+    from erasure.pipeline import erase, evaluate, generate, inputs
 
     one, two = _setup(tmp_path / "one", family_dirs, judge_files), _setup(tmp_path / "two", family_dirs, judge_files)
     p1, p2 = load_params(one), load_params(two)
@@ -76,14 +78,11 @@ def test_two_processes_share_the_drawing_and_write_what_one_writes(family_dirs, 
             assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (folder.name, k, diff.max(), (diff > 0).mean())
         assert (folder / "probes.json").read_text() == (p2.paths.stage("generate") / folder.name / "probes.json").read_text()
 
-    erase.run(p1, progress=False)
+    # evaluate shares drawing through the same cache; launched, only its main process writes and tracks
+    # (the launch costs ~25 s of start-up, so here the other process's side is taken in-process).
     erase.run(p2, progress=False)
-    evaluate.run(p1)
-    assert len(_launch("evaluate", two)) == 2
-    m1, m2 = (json.loads((p.paths.stage("evaluate") / "metrics.json").read_text()) for p in (p1, p2))
-    assert m1["judges"] == m2["judges"] and m1["concepts"].keys() == m2["concepts"].keys()
-    for c, r in m1["concepts"].items():
-        for name, v in r["probes"].items():
-            w = m2["concepts"][c]["probes"][name]
-            for t in ("before", "after"):  # a reading may flip on an image at the judge's threshold
-                assert abs(v[t] - w[t]) <= 1 / v["n"] + 1e-9, (c, name, t, v[t], w[t])
+    monkeypatch.setattr(processes, "is_main", lambda: False)
+    monkeypatch.setattr(processes, "wait", lambda: None)
+    assert evaluate.run(p2) == {"concepts": sorted(e["concept"] for e in inputs.entries(p2)),
+                                "written_by": "the main process"}
+    assert not p2.paths.stage("evaluate").exists()
