@@ -158,8 +158,9 @@ def report(rows: list[dict]) -> str:
                      f"{r['ratio']:.2f}x{mark} | {r['seconds_step']:.1f} | {r['seconds_pool']:.1f} | {need:.1f}{mark} |")
     if any(r.get("peak_from") != "erasure" for r in rows if "error" not in r):
         lines += ["", "\\* Peak over the whole process, building the pipeline included (random init in fp32, "
-                  "then the cast): an upper bound on the erasure's own peak, and for bf16 dominated by the fp32 "
-                  "build. Rerun the row to measure the erasure alone (`--family F --dtype D --method M --merge`)."]
+                  "then the cast): for bf16 the fp32 build's, an overestimate of the erasure's; for fp32 close to "
+                  "it (SDXL fp32 CA: 1.66x so, 1.69x measured alone). Rerun the row to measure the erasure alone "
+                  "(`--family F --dtype D --method M --merge`)."]
     if any("out of memory" in r.get("error", "") for r in rows):
         lines += ["", "A row killed for memory needed more than this machine's RAM (`free -g`): the weights, plus per "
                   "trainable parameter its gradient, two Adam moments and, for ESD, the frozen copy eps* reads, "
