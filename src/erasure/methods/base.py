@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..concept import Concept, ConceptError
+from ..device import model_device
 from ..editable import EditableModel
 from ..io import save_safetensors
 
@@ -127,8 +128,6 @@ class Bench:
     @property
     def placement(self) -> tuple[torch.device, torch.dtype]:
         """The UNet's device and dtype: where every model call of the bench runs."""
-        from ..device import model_device
-
         return model_device(self.model.unet)
 
     @property
@@ -160,7 +159,7 @@ class Bench:
             return ids
         with torch.no_grad():  # computed on the encoder's device, kept on the CPU (pool data)
             enc = self.model.text_encoder
-            return enc(ids.to(next(enc.parameters()).device))[0].detach().float().cpu()
+            return enc(ids.to(model_device(enc)[0]))[0].detach().float().cpu()
 
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
@@ -199,7 +198,7 @@ class Bench:
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
         images = []
-        device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+        device, dtype = model_device(vae)
         for s in range(0, len(latents), EVAL_CHUNK):
             img = vae.decode((latents[s:s + EVAL_CHUNK] / vae.config.scaling_factor).to(device, dtype)).sample.float()
             images.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
@@ -209,7 +208,7 @@ class Bench:
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> latents (mean of the VAE posterior, scaled)."""
         vae = self.pipe.vae
-        device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+        device, dtype = model_device(vae)
         x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, dtype)
         return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
 

@@ -76,25 +76,23 @@ def generate_concept(params: PipelineParams, entry: dict, anchor: str | None, bl
     record = {"concept": entry["concept"], "kind": entry["kind"], "anchor": anchor,
               "method": inputs.method_for(params, entry), "probes": probes,
               "anchor_prompts": anchor_prompts(concept, 8, params.model) if anchor else []}
-    if not processes.is_main():  # the main process writes the folder (the same images)
-        return {"concept": entry["concept"], "probes": len(probes),
-                "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
-    with atomic_dir(params.paths.stage("generate") / inputs.slug(entry["concept"])) as tmp:
-        (tmp / "probes.json").write_text(json.dumps(record, indent=1))
-        np.savez_compressed(tmp / "before.npz", **images)
-    return {"concept": entry["concept"], "probes": len(probes),
-            "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
+    summary = {"concept": entry["concept"], "probes": len(probes),
+               "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
+    if processes.is_main():  # the main process writes the folder (the same images)
+        with atomic_dir(params.paths.stage("generate") / inputs.slug(entry["concept"])) as tmp:
+            (tmp / "probes.json").write_text(json.dumps(record, indent=1))
+            np.savez_compressed(tmp / "before.npz", **images)
+    return summary
 
 
 def generate_generic(params: PipelineParams, blocked: set[str], pipe, cache) -> dict:
     prompts, seeds, real = worlds.generic(params, blocked)
     drawn, kept = cache.misses, cache.hits
     images = cache.images(pipe, prompts, seeds, desc="generic prompts")
-    if not processes.is_main():
-        return {"concept": GENERIC, "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
-    with atomic_dir(params.paths.stage("generate") / GENERIC) as tmp:
-        (tmp / "probes.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}, indent=1))
-        np.savez_compressed(tmp / "before.npz", generic=images, **({"real": real} if real is not None else {}))
+    if processes.is_main():
+        with atomic_dir(params.paths.stage("generate") / GENERIC) as tmp:
+            (tmp / "probes.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}, indent=1))
+            np.savez_compressed(tmp / "before.npz", generic=images, **({"real": real} if real is not None else {}))
     return {"concept": GENERIC, "images_drawn": cache.misses - drawn, "images_from_cache": cache.hits - kept}
 
 
