@@ -117,6 +117,23 @@ ROWS = {
         target=[("instance", "Pip")],
         neighbours=[obj("circle"), ("instance", "Bobo"), ("instance", "Zuzu")],
         bound="(baseline)"),
+    "uce-style": dict(
+        concepts=[{"text": "Vasquez", "kind": "style"}],
+        settings=recipe("uce", "style") | {"method": "uce"},
+        target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]],
+        bound="target <= 0.10; other styles within 10 points (closed form, no steps)"),
+    "uce-instance": dict(
+        concepts=[{"text": "Pip", "kind": "instance", "anchor": "circle"}],
+        settings=recipe("uce", "instance") | {"method": "uce"},
+        target=[("instance", "Pip")],
+        neighbours=[obj("circle"), ("instance", "Bobo"), ("instance", "Zuzu")],
+        bound="marking <= 0.10; class (circle) and other instances within 10 points"),
+    "uce-joint-3-styles": dict(
+        concepts=[{"text": a, "kind": "style"} for a in ("Vasquez", "Okafor", "Moreau")],
+        settings=recipe("uce", "style") | {"method": "uce", "mode": "joint"},
+        target=[style(a) for a in ("Vasquez", "Okafor", "Moreau")],
+        neighbours=[style("Lindqvist"), style("Tanaka"), obj("circle"), obj("star")],
+        bound="each target <= 0.15; neighbours within 10 points"),
     "negative-prompt-style": dict(
         baseline="negative-prompt", concepts=[{"text": "Vasquez", "kind": "style"}],
         target=[style("Vasquez")], neighbours=[style(a) for a in STYLES[1:]], bound="(inference-time baseline)"),
@@ -228,7 +245,8 @@ def run_row(name: str, row: dict, probes: Probes, base: dict, workroot: Path) ->
                    seconds_pool=round(res.seconds_pool, 1), seconds_per_step=round(res.seconds_per_step, 3),
                    seconds_per_concept=round(wall / len(jobs), 1), trainable_params=res.trainable_params,
                    history=res.history,
-                   loss_first=float(np.mean(res.losses[:10])), loss_last=float(np.mean(res.losses[-10:])))
+                   **({"loss_first": float(np.mean(res.losses[:10])), "loss_last": float(np.mean(res.losses[-10:]))}
+                      if res.losses else {}))  # a closed-form method has no losses
         after = probes.measure(pipe, all_probes)
     rec["before"] = {_key(p): base[_key(p)] for p in all_probes}
     rec["after"] = after

@@ -134,6 +134,7 @@ METHOD_ARGS = {
     "abo": ["--kind", "object", "--option", "ddim_steps=2"],
     "ca": ["--kind", "object", "--anchor", "dog", "--option", "anchor_images=2", "--option", "anchor_steps=1"],
     "loss-max": ["--kind", "object", "--anchor", "dog", "--option", "images=2", "--option", "image_steps=1"],
+    "uce": ["--kind", "object", "--anchor", "dog", "--option", "context_prompts=2", "--option", "preserve_prompts=2"],
 }
 
 

@@ -72,6 +72,11 @@ CASES = {
                  {"x", "t", "noise", "a_idx", "c_idx"}),
     "ca-regularization": ("ca", CAT, {"anchor_images": 4, "anchor_steps": 2, "regularization": 0.5},
                           {"x", "t", "noise", "a_idx", "c_idx", "target"}),
+    "ca-preserve": ("ca", CAT, {"anchor_images": 4, "anchor_steps": 2, "preserve_prompts": 3, "preserve_ddim_steps": 2,
+                                "preserve_share": 0.5}, {"x", "t", "noise", "a_idx", "c_idx", "target", "keep", "keep_target"}),
+    "ca-noise-regularization-preserve": ("ca", CAT, {"anchor_images": 4, "anchor_steps": 2, "loss": "noise",
+                                                     "regularization": 1.0, "preserve_prompts": 3, "preserve_ddim_steps": 2},
+                                         {"x", "t", "noise", "a_idx", "c_idx", "keep", "keep_target"}),
     "ca-object": ("ca", dict(text="rex", kind="object", anchor="dog"), {"anchor_images": 4, "anchor_steps": 2},
                   {"x", "t", "noise", "a_idx", "c_idx", "target"}),
     "ca-memorized": ("ca", dict(text="the memorized one", kind="memorized", paraphrases=("a red dog", "a cup")),
@@ -104,6 +109,24 @@ def test_pool_builds_and_loss_has_gradient_only_on_the_selected_parameters(case,
         else:
             assert p.grad is None, pname
     assert norm > 0
+
+
+def test_ca_preservation_rows_train_ordinary_prompts_toward_the_frozen_prediction(tiny_pipeline_dir):
+    opts = {"anchor_images": 4, "anchor_steps": 2, "loss": "noise", "regularization": 1.0, "preserve_prompts": 3,
+            "preserve_ddim_steps": 2, "preserve_share": 0.5}
+    bench, pool, _ = _pool_and_loss(tiny_pipeline_dir, "ca", Concept(**CAT), opts)
+    keep = pool.rows["keep"].bool()
+    assert int(keep.sum()) == SIZE // 2 and keep[SIZE // 2:].all()  # after the ablation rows
+    rows = pool.batch(torch.arange(len(pool)))
+    with torch.no_grad():
+        frozen = bench.eps(rows["x"][keep], rows["t"][keep], rows["c"][keep])
+    torch.testing.assert_close(rows["keep_target"][keep], frozen)  # nothing trained yet: the same model
+    # The loss on the preservation rows alone is their distance to that prediction (no regularization term).
+    from erasure import methods
+    ca = methods.get("ca")
+    only = {k: v[keep] for k, v in rows.items()}
+    with torch.no_grad():
+        assert float(ca.loss(bench.model, only, ca.Options(**opts), bench)) < 1e-8
 
 
 def test_esd_implicit_scene_direction_is_the_scene_with_minus_without_the_concept(tiny_pipeline_dir):

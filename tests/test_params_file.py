@@ -44,18 +44,18 @@ EXPECTED = {
     "merge-key.yaml": "line 4: merge key '<<' is not accepted",
     "bomb.yaml": "line 5: anchor '&a': anchors and aliases are not accepted",
     "recipe-kind-typo.yaml": f"{R}esd/styel: unknown kind 'styel'; expected one of {KINDS} (did you mean 'style'?)",
-    "recipe-unknown-method.yaml": f"{R}sd/style: unknown method 'sd'; expected one of esd, ca, abo, loss-max "
-                                  "(did you mean 'esd'?)",
+    "recipe-unknown-method.yaml": f"{R}sd/style: unknown method 'sd'; expected one of esd, ca, abo, loss-max, "
+                                  "uce (did you mean 'esd'?)",
     "recipe-key-without-slash.yaml": f"{R}esd-style: expected a key '<method>/<kind>' (e.g. 'esd/style')",
     "recipe-not-a-mapping.yaml": f"{R}esd/style: expected a mapping of rule, steps, lr, batch_size, weight_decay, "
                                  "pool_size, options, got 300",
     "recipe-unknown-field.yaml": f"{R}esd/style.stpes: unknown field 'stpes'; expected one of rule, steps, lr, "
                                  "batch_size, weight_decay, pool_size, options (did you mean 'steps'?)",
     "recipe-run-level-field.yaml": f"{R}esd/style.mode: unknown field 'mode'; expected one of rule, steps",
-    "recipe-option-misspelt.yaml": f"{R}esd/style.options.eat: unknown option 'eat'; expected one of eta, sampler, "
-                                   "x_source, ddim_steps",
-    "recipe-option-other-method.yaml": f"{R}ca/instance.options.eta: unknown option 'eta'; expected one of loss, "
-                                       "target_from, regularization",
+    "recipe-option-misspelt.yaml": f"{R}esd/style.options.eat: unknown option 'eat'; expected one of "
+                                   "preserve_prompts, preserve_share, preserve_from, preserve_fragile, eta, sampler",
+    "recipe-option-other-method.yaml": f"{R}ca/instance.options.eta: unknown option 'eta'; expected one of "
+                                       "preserve_prompts, preserve_share, preserve_from, preserve_fragile, loss",
     "recipe-option-out-of-range.yaml": f"{R}esd/implicit.options.eta: Input should be greater than 0, got 0",
     "recipe-option-share-1.yaml": f"{R}esd/style.options.preserve_share: Input should be less than 1, got 1.0",
     "recipe-option-wrong-type.yaml": f"{R}esd/style.options.ddim_steps: Input should be a valid integer, got 'many'",
@@ -123,7 +123,7 @@ EXPECTED = {
                                             f"{KINDS} (did you mean 'object'?)",
     "anchors-candidates-not-a-list.yaml": "anchors.candidates.object: expected a list, got 'circle'",
     "anchors-none-for-unknown-method.yaml": "anchors.none_for_methods[1]: unknown method 'los-max'; expected one of "
-                                            "esd, ca, abo, loss-max (did you mean 'loss-max'?)",
+                                            "esd, ca, abo, loss-max, uce (did you mean 'loss-max'?)",
     "evaluate-judge-unknown.yaml": "evaluate.judges.default: Input should be 'auto', 'miniworld', 'clip', "
                                    "'nudenet' or 'copy', got 'clipp'",
     "evaluate-judge-wrong-kind.yaml": "evaluate.judges.style: the 'nudenet' judge reads only nudity concepts; "
@@ -231,7 +231,8 @@ def test_the_flows_check_the_params_and_the_blocklist_before_starting(tmp_path, 
     assert exc.value.code == 2
     params = tmp_path / "p.yaml"
     assert capsys.readouterr().err == f"error: {params}: paths.blocklist: no such file {tmp_path / 'missing.yaml'}\n"
-    params.write_text(f"model: {tmp_path / 'no-model'}\npaths: {{blocklist: {ROOT / 'blocklists' / 'default.yaml'}}}\n")
+    params.write_text(f"model: {tmp_path / 'no-model'}\npaths: {{blocklist: {ROOT / 'blocklists' / 'default.yaml'}}}\n"
+                      "release: {quality: {fid_max_ratio: null}}\n")  # no true renders off the miniworld
     with pytest.raises(SystemExit) as exc:
         checked_params(str(params))
     assert exc.value.code == 2

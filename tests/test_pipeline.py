@@ -33,6 +33,7 @@ def tiny_params(tmp: Path, blocklist: Path, steps: int = 3, **gates) -> Path:
     p["erase"]["checkpoint_every"] = 2
     # Toy training erases little: gates wide open, so the release path itself is what is tested.
     p["release"]["gates"] = {"default": {"target_max": 1.0, "neighbour_max_drop": 1.0, **gates}}
+    p["release"]["quality"] = {"fid_max_ratio": 1e6, "drift_max": 1.0}
     p["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(p, sort_keys=False))

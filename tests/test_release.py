@@ -38,7 +38,10 @@ def _metrics(base_hash: str, pip_after: float = 0.05) -> dict:
     return {"model": "tiny", "base_hash": base_hash, "images_per_probe": 4,
             "concepts": {"Pip": _concept("instance", 1.0, pip_after, 0.02, "pip"),
                          "with a golden frame": _concept("implicit", 0.4, 0.1, 0.05, "frame")},
-            "global": {"generic_drift": 0.01, "fid_base": 0.5, "fid_erased": 0.6, "n_generic": 8}}
+            "global": {"generic_drift": 0.01, "fid_base": 0.5, "fid_erased": 0.6, "fid_ratio": 1.2, "n_generic": 8,
+                       "phases": [{"phase": 0, "concepts": ["Pip"], "fid": 0.55, "drift": 0.005},
+                                  {"phase": 1, "concepts": ["with a golden frame"], "fid": 0.6, "drift": 0.01}],
+                       "costliest_phase": {"phase": 0, "concepts": ["Pip"], "fid_rise": 0.05}}}
 
 
 def _sha256(path: Path) -> str:
@@ -53,7 +56,7 @@ def release_inputs(tiny_pipeline_dir, tmp_path):
     base_hash = weights_hash(tiny_pipeline_dir)
     delta = tmp_path / "delta.safetensors"
     save_delta(delta, {f"unet.{name}": p.detach() + 0.01}, method="esd", params={}, concepts=[], base_hash=base_hash)
-    params = PipelineParams(model=str(tiny_pipeline_dir), release={"gates": GATES})
+    params = PipelineParams(model=str(tiny_pipeline_dir), release={"gates": GATES, "quality": {"fid_max_ratio": None}})
     params.paths.releases = tmp_path / "releases"
     blocklist = {"entries": [{"concept": "Pip", "kind": "instance"}], "sha256": "abc"}
     return params, dict(metrics=_metrics(base_hash), blocklist=blocklist, delta=delta, train={"mode": "sequential"})
@@ -64,13 +67,59 @@ def test_gates_name_the_concept_and_the_bound():
                                                "implicit": {"reduction_min": 0.8}}})
     gates = check_gates(_metrics("h", pip_after=0.22), params)
     assert {(g["concept"], g["gate"]) for g in gates} == {("Pip", "target_max"), ("Pip", "neighbour_max_drop"),
-                                                          ("with a golden frame", "reduction_min")}
+                                                          ("with a golden frame", "reduction_min"),
+                                                          ("generic prompts", "fid_max_ratio"),
+                                                          ("generic prompts", "drift_max")}
     assert failures(gates) == ["concept 'Pip' (instance) failed target_max: 0.22 > 0.10",
                                "concept 'with a golden frame' (implicit) failed reduction_min: 0.75 < 0.80"]
     pip = {g["gate"]: g for g in gates if g["concept"] == "Pip"}
     assert pip["target_max"] == {"concept": "Pip", "kind": "instance", "gate": "target_max", "value": 0.22,
                                  "bound": 0.1, "passed": False}
     assert pip["neighbour_max_drop"]["passed"] and pip["neighbour_max_drop"]["value"] == 0.02
+
+
+def test_the_quality_gate_refuses_a_release_that_draws_everything_else_worse_and_names_the_phase():
+    from erasure.release import require_every_gate
+
+    metrics = _metrics("h")
+    g = metrics["global"]
+    g.update(fid_erased=1.5, fid_ratio=3.0, generic_drift=0.2)
+    g["phases"][1]["fid"] = 1.5
+    g["costliest_phase"] = {"phase": 1, "concepts": ["with a golden frame"], "fid_rise": 0.95}
+    params = PipelineParams()  # the shipped bounds: FID ratio 2.0, drift 0.15
+    gates = check_gates(metrics, params)
+    quality = {x["gate"]: x for x in gates if x["kind"] == "quality"}
+    assert not quality["fid_max_ratio"]["passed"] and not quality["drift_max"]["passed"]
+    assert failures(gates) == [
+        "quality on the generic prompts failed fid_max_ratio: 3.00 > 2.00; the phase that cost the most: 2 "
+        "('with a golden frame', FID +0.95)",
+        "quality on the generic prompts failed drift_max: 0.20 > 0.15; the phase that cost the most: 2 "
+        "('with a golden frame', FID +0.95)"]
+    with pytest.raises(ValueError, match="not passed: 'generic prompts' drift_max, 'generic prompts' fid_max_ratio"):
+        require_every_gate(metrics, gates, params)
+    # dropping the quality records does not get a release past the check either
+    with pytest.raises(ValueError, match="a release needs every gate passed"):
+        require_every_gate(metrics, [x for x in gates if x["kind"] != "quality"], params)
+    # a bound nobody measured is an error, not a pass
+    del g["fid_ratio"]
+    with pytest.raises(ValueError, match="release.quality.fid_max_ratio: the evaluation has no fid_ratio"):
+        check_gates(metrics, params)
+    # within the bounds it passes, and null bounds are not gated
+    g.update(fid_ratio=1.9, generic_drift=0.1)
+    assert all(x["passed"] for x in check_gates(metrics, params) if x["kind"] == "quality")
+    off = PipelineParams(release={"quality": {"fid_max_ratio": None, "drift_max": None}})
+    assert [x for x in check_gates(metrics, off) if x["kind"] == "quality"] == []
+
+
+def test_quality_ratio_is_refused_in_params_off_the_miniworld(tmp_path):
+    from erasure.config import ParamsError, load_params
+
+    path = tmp_path / "p.yaml"
+    path.write_text("model: some/sd-model\n")
+    with pytest.raises(ParamsError, match="release.quality.fid_max_ratio: needs the world's true renders"):
+        load_params(path)
+    path.write_text("model: some/sd-model\nrelease: {quality: {fid_max_ratio: null, fid_to_base_max: 5.0}}\n")
+    assert load_params(path).release.quality.fid_to_base_max == 5.0
 
 
 def test_gate_edges_no_neighbours_float_noise_and_close_calls():
@@ -209,7 +258,8 @@ def _work(tmp_path: Path, metrics: dict, delta: Path | None, gates: dict, model:
     (work / "ingest" / "blocklist.json").write_text(json.dumps({"entries": [{"concept": "Pip"}], "sha256": "abc"}))
     params = {"model": model, "paths": {"work": str(work), "releases": str(tmp_path / "releases"),
                                         "cache": str(tmp_path / "cache")},
-              "release": {"gates": gates}, "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+              "release": {"gates": gates, **({} if model == "miniworld" else {"quality": {"fid_max_ratio": None}})},
+              "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path / "params.yaml"
 
@@ -313,7 +363,7 @@ def test_a_concept_whose_kind_has_no_gate_is_never_released(release_inputs):
 def test_publish_refuses_fewer_gate_records_than_concepts_times_their_gates(release_inputs):
     params, inputs = release_inputs
     gates = check_gates(inputs["metrics"], params)
-    assert len(gates) == 3  # Pip: target_max and neighbour_max_drop; the frame: reduction_min
+    assert len(gates) == 4  # Pip: target_max and neighbour_max_drop; the frame: reduction_min; drift_max
     for short in (gates[:-1], [], [dict(gates[0], passed=False)] + gates[1:], gates + [gates[0]]):
         with pytest.raises(ValueError, match="a release needs every gate passed"):
             publish(params, gates=short, **inputs)
@@ -336,5 +386,6 @@ def test_a_params_file_without_a_release_section_is_gated_as_the_shipped_one(tmp
     assert not report["passed"] and "concept 'Pip' (instance) failed target_max: 1.00 > 0.10" in report["failures"]
     assert {(g["concept"], g["gate"]) for g in report["gates"]} == {
         ("Pip", "target_max"), ("Pip", "neighbour_max_drop"),
-        ("with a golden frame", "reduction_min"), ("with a golden frame", "neighbour_max_drop")}
+        ("with a golden frame", "reduction_min"), ("with a golden frame", "neighbour_max_drop"),
+        ("generic prompts", "fid_max_ratio"), ("generic prompts", "drift_max")}
     assert not (tmp_path / "releases").exists()

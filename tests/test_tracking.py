@@ -30,7 +30,8 @@ def _concept(kind, after, slug):
 def _metrics(pip_after=0.05):
     return {"model": "miniworld", "base_hash": "b" * 64, "images_per_probe": 4,
             "concepts": {"Vasquez": _concept("style", 0.0, "vasquez"), "Pip": _concept("instance", pip_after, "pip")},
-            "global": {"generic_drift": 0.01, "fid_base": 0.5, "fid_erased": 0.6, "n_generic": 8}}
+            "global": {"generic_drift": 0.01, "fid_base": 0.5, "fid_erased": 0.6, "fid_ratio": 1.2, "n_generic": 8,
+                       "phases": [{"phase": 0, "concepts": ["Pip"], "fid": 0.6, "drift": 0.01}]}}
 
 
 def _grids(folder, colour):
@@ -101,6 +102,7 @@ def test_runs_carry_targets_gates_losses_grids_and_the_comparison(tracked, tmp_p
     assert parent.data.params["erase.mode"] == "sequential" and parent.data.params["release.gates.default.target_max"] == "0.1"
     m = parent.data.metrics  # the runs table's columns: per concept targets and gates
     assert m["generic_drift"] == 0.01 and m["fid_erased"] == 0.6 and m["Pip.target_after"] == 0.05
+    assert m["quality.gate.fid_max_ratio.value"] == 1.2 and m["quality.gate.drift_max.pass"] == 1.0
     assert m["Pip.gate.target_max.pass"] == 1.0 and m["Vasquez.gates_passed"] == 1.0 and m["gates_passed"] == 1.0
     assert "| Pip | instance | esd | 1.00 -> 0.05 |" in parent.data.tags["mlflow.note.content"]
     assert {a.path for a in client.list_artifacts(run_id)} >= {"comparison.json", "train.json"}

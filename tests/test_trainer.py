@@ -130,11 +130,11 @@ def test_added_concept_trains_only_its_phase_and_matches_a_run_from_scratch(tiny
 @pytest.mark.parametrize("preserve_from", ["base", "current"])
 def test_sequential_preservation_rows_keep_the_base_models_prediction(tiny_pipeline_dir, tmp_path, preserve_from,
                                                                        monkeypatch):
-    from erasure.methods import esd
+    from erasure import prompts
 
     excluded = []  # per phase, the concepts its preservation prompts avoid
-    real = esd.preservation_prompts
-    monkeypatch.setattr(esd, "preservation_prompts",
+    real = prompts.preservation_prompts
+    monkeypatch.setattr(prompts, "preservation_prompts",
                         lambda exclude, *a, **kw: excluded.append([c.text for c in exclude]) or real(exclude, *a, **kw))
     settings = _settings(steps=8, lr=1e-2, mode="sequential",
                          options={"preserve_prompts": 4, "preserve_share": 0.5, "preserve_from": preserve_from})

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .config import GATE_HOLDS
+
 # A probe whose base model already showed its concept in at most this share of images: erasing
 # it cannot be measured there ("after 0.00" proves nothing).
 ALREADY_ABSENT = 0.05
@@ -141,9 +143,10 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
     out += ["", "Release gates (a release is published only when every one passes):", "",
             "| concept | gate | value | bound | result |", "|---|---|---|---|---|"]
     for x in gates:
-        rel = {"target_max": "<=", "reduction_min": ">=", "neighbour_max_drop": "<="}[x["gate"]]
+        rel = GATE_HOLDS[x["gate"]]
         out.append(f"| {_cell(x['concept'])} | {x['gate']} | {x['value']:.3f} | {rel} {x['bound']} | "
                    f"{'pass' if x['passed'] else 'FAIL'} |")
+    out += _quality(metrics.get("global") or {})
     if absent:
         out += ["", f"**{len(absent)} probe(s) were already at or below {ALREADY_ABSENT:.2f} before erasure** "
                 f"({', '.join(f'{c}: {p}' for c, p in absent)}): the base model did not draw the concept there "
@@ -213,3 +216,24 @@ def _recipes(lineage: dict, concepts: dict) -> list[str]:
         lines.append(f"| {key} | {_cell(', '.join(row['concepts']))} | {j.get('rule', '-')} | {j.get('steps', '-')} | "
                      f"{j.get('lr', '-')} | {j.get('batch_size', '-')} | {j.get('pool_size', '-')} | {_cell(opts)} |")
     return lines or ["| - | - | - | - | - | - | - | - |"]
+
+
+def _quality(g: dict) -> list[str]:
+    """The generic prompts' FID and drift, overall and after each phase (which one cost the most)."""
+    if not g.get("phases"):
+        return []
+    ref = ("FID on the detector's features against the world's true renders (the base model against the world "
+           "as it is, each phase's model against it with the concepts erased so far absent)" if "fid_base" in g
+           else "FID on CLIP features against the base model's images")
+    out = ["", f"Quality on {g.get('n_generic', '?')} generic prompts that name no blocklisted concept: {ref}; "
+           "drift is the mean absolute pixel change from the base model at the same prompts and seeds.", "",
+           "| after phase | concepts | FID | drift |", "|---|---|---|---|"]
+    if "fid_base" in g:
+        out.append(f"| (base model) | | {g['fid_base']:.3f} | 0.000 |")
+    out += [f"| {ph['phase'] + 1} | {_cell(', '.join(ph['concepts']))} | {ph['fid']:.3f} | {ph['drift']:.3f} |"
+            for ph in g["phases"]]
+    if g.get("costliest_phase"):
+        ph = g["costliest_phase"]
+        out += ["", f"The phase that cost the most: {ph['phase'] + 1} ({_cell(', '.join(ph['concepts']))}), "
+                f"FID {ph['fid_rise']:+.3f}."]
+    return out

@@ -43,10 +43,15 @@ def anchor_prompts(concept: Concept, n: int, model_spec: str, seed: int = 0) -> 
     return [base[i % len(base)] for i in range(n)]
 
 
-def preservation_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0) -> list[str]:
-    """n ordinary prompts that name none of `exclude` (what an edit should leave unchanged)."""
+def preservation_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0,
+                         fragile: float = 0.0) -> list[str]:
+    """n ordinary prompts that name none of `exclude` (what an edit should leave unchanged); a `fragile`
+    share of them, where the world knows its fragile outputs (the miniworld's memorized images and
+    instances), prompts of those, far above their share in ordinary captions."""
     if (world := world_prompts(model_spec)) is not None:
-        return world.preservation_prompts([c.text for c in exclude], n, seed)
+        k = round(n * fragile)
+        extra = world.fragile_prompts([c.text for c in exclude], k, seed) if k else []
+        return world.preservation_prompts([c.text for c in exclude], n - len(extra), seed) + extra
     banned = [c.text.lower() for c in exclude]
     base = [t.format(s=s) for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]
     base = [p for p in base if not any(b in p.lower() for b in banned)]

@@ -39,6 +39,33 @@ def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
             passed = value >= bound if name == "reduction_min" else value <= bound
             out.append({"concept": concept, "kind": m["kind"], "gate": name, "value": value,
                         "bound": bound, "passed": bool(passed)})
+    return out + check_quality(metrics, params)
+
+
+QUALITY_GATES = ("fid_max_ratio", "fid_to_base_max", "drift_max")
+QUALITY = "generic prompts"  # the "concept" of the quality gates' records
+# What each quality gate reads in metrics["global"].
+_QUALITY_VALUE = {"fid_max_ratio": "fid_ratio", "fid_to_base_max": "fid_to_base", "drift_max": "generic_drift"}
+
+
+def check_quality(metrics: dict, params: PipelineParams) -> list[dict]:
+    """One record per bound of release.quality, on the generic prompts; the costliest phase (a sequential
+    run's) with every failed one."""
+    g, out = metrics["global"], []
+    for name in QUALITY_GATES:
+        bound = getattr(params.release.quality, name)
+        if bound is None:
+            continue
+        value = g.get(_QUALITY_VALUE[name])
+        if value is None:  # a bound that was not measured must not pass
+            raise ValueError(f"release.quality.{name}: the evaluation has no {_QUALITY_VALUE[name]} for model "
+                             f"{params.model!r}; set it to null or rerun evaluate")
+        value = round(float(value), 6)
+        record = {"concept": QUALITY, "kind": "quality", "gate": name, "value": value, "bound": bound,
+                  "passed": bool(value <= bound)}
+        if not record["passed"] and g.get("costliest_phase"):
+            record["costliest_phase"] = g["costliest_phase"]
+        out.append(record)
     return out
 
 
@@ -57,6 +84,7 @@ def require_every_gate(metrics: dict, gates: list[dict], params: PipelineParams)
         raise ValueError("no concepts were evaluated: a release without gates is not published")
     expected = {(concept, name) for concept, m in metrics["concepts"].items()
                 for name in GATES if getattr(_gate(params, concept, m["kind"]), name) is not None}
+    expected |= {(QUALITY, name) for name in QUALITY_GATES if getattr(params.release.quality, name) is not None}
     passed = {(g["concept"], g["gate"]) for g in gates if g.get("passed") is True}
     missing = sorted(expected - passed)
     if missing or len(gates) != len(expected):
@@ -65,7 +93,8 @@ def require_every_gate(metrics: dict, gates: list[dict], params: PipelineParams)
                          f"concept(s){'; not passed: ' + shown if missing else ''}: a release needs every gate passed")
 
 
-SIGN = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"}  # how a failed value compares
+# How a failed value compares with its bound.
+SIGN = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"} | {q: ">" for q in QUALITY_GATES}
 
 
 def value_and_bound(gate: dict) -> tuple[str, str]:
@@ -83,6 +112,14 @@ def failures(gates: list[dict]) -> list[str]:
         if g["passed"]:
             continue
         value, bound = value_and_bound(g)
+        if g["kind"] == "quality":
+            line = f"quality on the generic prompts failed {g['gate']}: {value} {SIGN[g['gate']]} {bound}"
+            if g.get("costliest_phase"):
+                ph = g["costliest_phase"]
+                line += (f"; the phase that cost the most: {ph['phase'] + 1} ({', '.join(map(repr, ph['concepts']))}, "
+                         f"FID +{ph['fid_rise']:.2f})")
+            lines.append(line)
+            continue
         lines.append(f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}: {value} {SIGN[g['gate']]} {bound}")
     return lines
 

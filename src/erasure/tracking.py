@@ -105,7 +105,7 @@ def _numbers(d: dict) -> dict:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-SIGN = {"target_max": "<=", "reduction_min": ">=", "neighbour_max_drop": "<="}
+from .config import GATE_HOLDS as SIGN  # noqa: E402 (the relation a passing value holds)
 
 
 def _gate_text(g: dict) -> str:
@@ -251,6 +251,8 @@ def log_pipeline(params: PipelineParams, metrics: dict, grids_root: Path, train:
         settings.update({f"generate.{k}": v for k, v in params.generate.model_dump().items()})
         settings.update({f"release.gates.{kind}.{k}": v for kind, gate in params.release.gates.items()
                          for k, v in gate.model_dump().items() if v is not None})
+        settings.update({f"release.quality.{k}": v for k, v in params.release.quality.model_dump().items()
+                         if v is not None})
         mlflow.log_params({_key(k): str(v)[:500] for k, v in settings.items()})
         top = _numbers(metrics["global"])
         for concept, m in metrics["concepts"].items():  # columns of the runs table
@@ -258,6 +260,11 @@ def log_pipeline(params: PipelineParams, metrics: dict, grids_root: Path, train:
             top.update({f"{c}.{k}": v for k, v in _numbers(m["summary"]).items()})
             top.update({f"{c}.gate.{g['gate']}.pass": float(g["passed"]) for g in by_concept.get(concept, [])})
             top[f"{c}.gates_passed"] = float(all(g["passed"] for g in by_concept.get(concept, [])))
+        for g in gates:  # the quality gates: on the generic prompts, not on a concept
+            if g["kind"] == "quality":
+                top.update({f"quality.gate.{g['gate']}.value": g["value"], f"quality.gate.{g['gate']}.pass": float(g["passed"])})
+        for ph in metrics["global"].get("phases", []):  # quality after each phase, against the phase number
+            mlflow.log_metrics({"quality.phase_fid": ph["fid"], "quality.phase_drift": ph["drift"]}, step=ph["phase"] + 1)
         top["gates_passed"] = float(all(g["passed"] for g in gates))
         mlflow.log_metrics({_key(k): v for k, v in top.items()})
         mlflow.set_tag("mlflow.note.content", _parent_note(metrics, gates, previous))

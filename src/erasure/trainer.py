@@ -145,6 +145,17 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         if rule not in RULES:
             raise ValueError(f"rule {rule!r} unknown; expected one of {', '.join(RULES)}")
         d = method.defaults(concept.kind)
+        if closed_form(name):  # no optimizer: a schedule set for this concept alone would be ignored
+            ignored = sorted(set(own) - {"rule"})
+            if ignored:
+                raise ValueError(f"settings for concept {concept.text!r}: method {name!r} is closed-form (no "
+                                 f"training steps); {', '.join(ignored)} do not apply to it")
+            jobs.append(Job(concept, name, settings.rule or method.default_rule(concept.kind), options, 0, d.lr,
+                            d.batch_size, d.weight_decay, 0))
+            if jobs[-1].rule not in ("xattn-kv", "xattn"):
+                raise ValueError(f"method {name!r} edits the cross-attention key/value projections; rule "
+                                 f"{jobs[-1].rule!r} does not hold them (use xattn-kv)")
+            continue
         steps = d.steps if settings.steps is None else settings.steps
         batch = d.batch_size if settings.batch_size is None else settings.batch_size
         jobs.append(Job(concept, name, rule, options, steps, d.lr if settings.lr is None else settings.lr, batch,
@@ -153,11 +164,16 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
                         # of a recipe with a large pool builds only what it trains on).
                         min(settings.pool_size or MAX_POOL, steps * batch)))
     if base.mode == "joint":
-        keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs}
+        keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs if not closed_form(j.method)}
         if len(keys) > 1:
             raise ValueError("joint mode trains every concept with one optimizer: lr, batch size and weight decay "
                              f"must agree across concepts (got {sorted(keys)}); set them in the settings")
     return jobs
+
+
+def closed_form(method: str) -> bool:
+    """Whether a method edits the weights in one solve (`edit`) instead of training on a pool."""
+    return getattr(method_registry.get(method), "closed_form", False)
 
 
 def _options_for(method: str, options: dict) -> dict:
@@ -193,6 +209,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     check_prompts(pipe.tokenizer, jobs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for j in jobs:
+        if closed_form(j.method):
+            continue
         if j.batch_size < world:
             raise ValueError(f"batch size {j.batch_size} is smaller than the {world} processes: each needs a sample")
         if settings.zero_stage and method_registry.get(j.method).needs_frozen(j.options):
@@ -202,7 +220,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         raise ValueError("writing a delta needs the base model's weights hash (base_hash): a delta without it "
                          "cannot be checked against a model")
     workdir = Path(workdir)
-    phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
+    phases = phases_of(jobs, settings)
     if phase_cache is not None and not base_hash:
         raise ValueError("phase_cache needs the base model's weights hash (base_hash) to key its entries")
     code = code_hash(*TRAINING_CODE)
@@ -271,23 +289,27 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         bench.run_concepts = tuple(j.concept for p in phases[:k + 1] for j in p)
         bench.phase_concepts = tuple(j.concept for j in phase)
         t0 = time.time()
+        solved = [j for j in phase if closed_form(j.method)]
+        if solved and not resuming:  # a resumed phase's checkpoint already holds the solve
+            _edit_closed_form(bench, solved, (settings.seed, k, "closed-form"), model)
+        trained = [j for j in phase if not closed_form(j.method)]
         pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
-                       (settings.seed, k, i), accelerator) for i, j in enumerate(phase)]
+                       (settings.seed, k, i), accelerator) for i, j in enumerate(trained)]
         result.seconds_pool += time.time() - t0
         if resuming and settings.zero_stage == 0:
             load_checkpoint(ckpt, {"model": trainable}, optimizer)
         else:  # under ZeRO a resumed phase restarts Adam's moments (weights were restored before prepare)
-            _reset_optimizer(optimizer, phase[0])
-        model.set_trainable(set().union(*(names_by_rule[j.rule] for j in phase)))
-        total = sum(j.steps for j in phase)
+            _reset_optimizer(optimizer, (trained or phase)[0])
+        model.set_trainable(set().union(*(names_by_rule[j.rule] for j in trained)))
+        total = sum(j.steps for j in trained)
         t0 = time.time()
         first = state["step"] if resuming else 0
         bar = Progress(total, f"erasing {k + 1}/{len(phases)} {_label(phase)}", "step", initial=first,
                        enabled=progress and accelerator.is_local_main_process)
         for step in range(first, total):
             gen = torch.Generator().manual_seed(_seed(settings.seed, k, step))
-            i = int(torch.randint(0, len(phase), (1,), generator=gen)) if len(phase) > 1 else 0
-            job = phase[i]
+            i = int(torch.randint(0, len(trained), (1,), generator=gen)) if len(trained) > 1 else 0
+            job = trained[i]
             idx = torch.randint(0, len(pools[i]), (job.batch_size,), generator=gen)[rank::world]
             batch = {key: v.to(accelerator.device) for key, v in pools[i].batch(idx).items()}  # pools live on the CPU
             loss = method_registry.get(job.method).loss(wrapped, batch, job.options, bench)
@@ -298,7 +320,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
             optimizer.zero_grad(set_to_none=True)
             state["losses"].append(round(float(loss.detach()), 6))
             bar.set_postfix(loss=f"{state['losses'][-1]:.4g}",
-                            concept=job.concept.text[:24] if len(phase) > 1 else None)  # joint: which one
+                            concept=job.concept.text[:24] if len(trained) > 1 else None)  # joint: which one
             bar.update()
             result.steps_run += 1
             state["phase"], state["step"] = k, step + 1
@@ -332,6 +354,18 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                                                       base_hash=base_hash), Path(out))
         result.delta = Path(out)
     return _finish(result, state, model)
+
+
+def phases_of(jobs: list[Job], settings: EraseSettings) -> list[list[Job]]:
+    """The run's phases: all jobs at once (joint), or one per concept in order (sequential)."""
+    return [jobs] if settings.mode == "joint" else [[j] for j in jobs]
+
+
+def phase_files(phase_cache: Path, base_hash: str, settings: EraseSettings, jobs: list[Job]) -> list[Path]:
+    """Where `erase(..., phase_cache=...)` keeps each finished phase's delta (the run's edit up to it)."""
+    phases, code = phases_of(jobs, settings), code_hash(*TRAINING_CODE)
+    return [Path(phase_cache) / f"{_phase_key(base_hash, settings, phases[:k + 1], code)}.safetensors"
+            for k in range(len(phases))]
 
 
 def _phase_key(base_hash: str, settings: EraseSettings, phases: list[list[Job]], code: str) -> str:
@@ -397,6 +431,17 @@ def _base_values(model: EditableModel, trainable: dict[str, torch.Tensor],
         rows = next(n for n, p in trainable.items() if p is model.patched.rows)
         out[rows] = table[model.patched.token_ids]
     return out
+
+
+def _edit_closed_form(bench: Bench, jobs: list[Job], seed_parts: tuple, model: EditableModel) -> None:
+    """One solve for every closed-form job of a phase (UCE), on the weights as the phase finds them."""
+    gen = torch.Generator().manual_seed(_seed(*seed_parts))
+    by_method: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_method.setdefault(j.method, []).append(j)
+    with _gathered(list(model.unet_trainable.values()), modify=True):
+        for name, group in by_method.items():
+            method_registry.get(name).edit(bench, [(j.concept, j.options) for j in group], bench.run_concepts, gen)
 
 
 def _label(phase: list[Job]) -> str:

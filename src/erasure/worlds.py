@@ -49,6 +49,16 @@ def generic(params: PipelineParams, blocked: set[str]) -> tuple[list[str], list[
     return prompts, seeds, None
 
 
+def promised_renders(params: PipelineParams, blocked: set[str], erased: set[str]) -> np.ndarray | None:
+    """The world's true renders of `generic`'s prompts as a model without the `erased` concepts should
+    draw them (an erased implicit attribute absent), where the world has renders; else None."""
+    if params.model != "miniworld":
+        return None
+    from .miniworld import probes
+
+    return probes.promised_renders(params.generate.generic_images, params.seed, blocked, erased)
+
+
 def reference_name(probe: dict) -> str | None:
     """The reference image a copy probe is measured against, by file name (for grids), else None."""
     ref = (probe.get("target") or {}).get("reference") or (probe["label"] if probe.get("head") == "copy" else None)

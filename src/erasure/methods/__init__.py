@@ -7,8 +7,9 @@ from .all_but_one import AllButOne
 from .base import Bench, Defaults, Method, Options, Pool
 from .esd import ESD
 from .loss_max import LossMax
+from .uce import UCE
 
-METHODS: dict[str, Method] = {m.name: m for m in (ESD(), ConceptAblation(), AllButOne(), LossMax())}
+METHODS: dict[str, Method] = {m.name: m for m in (ESD(), ConceptAblation(), AllButOne(), LossMax(), UCE())}
 
 
 def get(name: str) -> Method:

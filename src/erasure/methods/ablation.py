@@ -27,10 +27,10 @@ from ..concept import Concept, ConceptError
 from ..families import denoising_target
 from ..prompts import anchor_prompts, target_prompt
 from ..worlds import attribute_reader, not_copies
-from .base import Bench, Defaults, Options, Pool, mse, prompt_table, reference_images
+from .base import Bench, Defaults, Pool, PreserveOptions, mse, preservation_rows, prompt_table, reference_images
 
 
-class CAOptions(Options):
+class CAOptions(PreserveOptions):
     loss: Literal["model", "noise"] = "model"
     target_from: Literal["frozen", "same"] = "frozen"
     regularization: float = Field(0.0, ge=0)
@@ -41,6 +41,9 @@ class CAOptions(Options):
     # Memorized: drop anchor images whose copy similarity to the reference exceeds this (None: the
     # similarity measure's calibrated copy threshold).
     copy_threshold: float | None = Field(None, ge=-1, le=1)  # a correlation
+    # Preservation rows (base.PreserveOptions), x_t from `preserve_ddim_steps`-step trajectories at
+    # guidance 3 (as ESD's): the model-based or noise loss on them is toward the frozen model's prediction.
+    preserve_ddim_steps: int = Field(25, gt=0)
 
 
 class ConceptAblation:
@@ -70,6 +73,8 @@ class ConceptAblation:
 
     def build_pool(self, bench: Bench, concept: Concept, options: CAOptions, size: int,
                    gen: torch.Generator) -> Pool:
+        n_keep = round(size * options.preserve_share) if options.preserve_prompts else 0
+        size -= n_keep  # the pool holds `size` rows in all: ablation rows, then preservation rows
         prompts = anchor_prompts(concept, options.anchor_images, bench.model_spec,
                                  seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         z = bench.sample_latents(prompts, gen, options.anchor_steps, options.anchor_guidance,
@@ -93,6 +98,8 @@ class ConceptAblation:
         rows = bench.noised_rows(z[pick], gen) | {"a_idx": a_idx[pick], "c_idx": t_of_anchor[a_idx[pick]]}
         if options.loss == "model" and options.target_from == "frozen":
             rows["target"] = bench.eps(rows["x"], rows["t"], conds["a"][rows["a_idx"]])
+        if n_keep:
+            rows, conds = _with_preservation(bench, concept, options, n_keep, gen, rows, conds)
         return Pool(rows, conds)
 
     def loss(self, model, batch: dict[str, torch.Tensor], options: CAOptions, bench: Bench) -> torch.Tensor:
@@ -104,7 +111,33 @@ class ConceptAblation:
         else:
             with torch.no_grad():
                 target = model(x, t, batch["a"]).detach()
+        keep = batch.get("keep")  # preservation rows: toward the frozen model's prediction at their x_t
+        if keep is not None:
+            target = torch.where(keep.bool().view(-1, *[1] * (x.ndim - 1)), batch["keep_target"], target)
         loss = mse(model(x, t, batch["c"]), target)
         if options.regularization:
-            loss = loss + options.regularization * mse(model(x, t, batch["a"]), denoising_target(batch))
+            reg = (model(x, t, batch["a"]).float() - denoising_target(batch).float()) ** 2
+            if keep is None:
+                loss = loss + options.regularization * reg.mean()
+            else:  # on the ablation rows only (preservation rows have no anchor image)
+                w = (1 - keep.float()).view(-1, *[1] * (x.ndim - 1))
+                loss = loss + options.regularization * (reg * w).sum() / (w.sum() * reg[0].numel()).clamp(min=1)
         return loss
+
+
+def _with_preservation(bench: Bench, concept: Concept, options: CAOptions, keep: int, gen: torch.Generator,
+                       rows: dict, conds: dict) -> tuple[dict, dict]:
+    """The ablation rows plus `keep` preservation rows (base.preservation_rows): their prompt in the
+    `c` table (what the trained model sees), `keep` 1, `keep_target` the frozen prediction; the
+    rows they lack (anchor index, noise, CA's own target) filled with placeholders never read."""
+    kept = preservation_rows(bench, concept, options, keep, gen, options.preserve_ddim_steps, 3.0)
+    n = len(rows["x"])
+    out = {"x": torch.cat([rows["x"], kept["x"]]), "t": torch.cat([rows["t"], kept["t"]]),
+           "c_idx": torch.cat([rows["c_idx"], len(conds["c"]) + torch.arange(keep)]),
+           "keep": torch.cat([torch.zeros(n), torch.ones(keep)]),
+           "keep_target": torch.cat([torch.zeros_like(kept["target"][:1]).expand(n, *kept["target"].shape[1:]),
+                                     kept["target"]])}
+    for key, value in rows.items():
+        if key not in out:  # a_idx, noise, velocity, target: zeros on the preservation rows
+            out[key] = torch.cat([value, torch.zeros((keep, *value.shape[1:]), dtype=value.dtype)])
+    return out, conds | {"c": torch.cat([conds["c"], kept["cond"]])}

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..concept import Concept, ConceptError
 from ..device import model_device
@@ -211,6 +211,43 @@ class Bench:
         device, dtype = model_device(vae)
         x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, dtype)
         return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
+
+
+class PreserveOptions(Options):
+    """Preservation rows (our extension, off by default), shared by the trained methods that take them:
+    `preserve_prompts` prompts naming none of the run's concepts make up `preserve_share` of the pool,
+    x_t from their own partial trajectories, trained toward the frozen model's own prediction there.
+    `preserve_from`: whose prediction they keep, the base model's ("base") or the model's as this phase
+    finds it ("current": in a sequential run the prompts may then name earlier phases' concepts, which
+    holds those erasures in place)."""
+
+    preserve_prompts: int = Field(0, ge=0)
+    preserve_share: float = Field(0.25, gt=0, lt=1)
+    preserve_from: Literal["base", "current"] = "base"
+    # Of the preservation prompts, this share names the world's fragile outputs (prompts.py).
+    preserve_fragile: float = Field(0.0, ge=0, le=1)
+
+
+def preservation_rows(bench: Bench, concept: Concept, options: PreserveOptions, keep: int, gen: torch.Generator,
+                      ddim_steps: int, guidance: float) -> dict[str, torch.Tensor]:
+    """`keep` preservation rows {x, t, cond, target}: prompts q_j with x_t from their own trajectories
+    and the target eps(x_t, q_j) of the base model, naming none of the run's concepts so far (or of
+    the current model, naming none of this phase's: `preserve_from="current"`)."""
+    from ..prompts import preservation_prompts
+    from ..trajectories import partial_trajectories
+
+    exclude = bench.phase_concepts if options.preserve_from == "current" else bench.run_concepts
+    prompts = preservation_prompts(exclude or (concept,), options.preserve_prompts, bench.model_spec,
+                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
+                                   fragile=options.preserve_fragile)
+    q = bench.encode(prompts)
+    pick = torch.randint(0, len(q), (keep,), generator=gen)
+    stops = torch.randint(0, ddim_steps, (keep,), generator=gen)
+    x, t = partial_trajectories(bench.eps, bench.scheduler_config, q[pick], bench.encode([""]), stops,
+                                bench.latent_shape, guidance=guidance, num_steps=ddim_steps, generator=gen,
+                                desc=bench.desc(concept, "preservation trajectories"))
+    target = (bench.base_eps if options.preserve_from == "base" else bench.eps)(x, t, q[pick])
+    return {"x": x, "t": t, "cond": q[pick], "target": target}
 
 
 def reference_images(concept: Concept, size: int) -> np.ndarray:

@@ -32,12 +32,12 @@ import torch
 from pydantic import Field
 
 from ..concept import Concept, ConceptError
-from ..prompts import anchor_prompts, preservation_prompts, target_prompt
+from ..prompts import anchor_prompts, target_prompt
 from ..trajectories import partial_trajectories
-from .base import Bench, Defaults, Options, Pool, mse, reference_images
+from .base import Bench, Defaults, Pool, PreserveOptions, mse, preservation_rows, reference_images
 
 
-class ESDOptions(Options):
+class ESDOptions(PreserveOptions):
     eta: float = Field(1.0, gt=0)  # strength of the negative guidance the model is trained toward
     sampler: Literal["frozen", "trained"] = "frozen"
     x_source: Literal["trajectory", "reference"] = "trajectory"
@@ -52,15 +52,7 @@ class ESDOptions(Options):
     # ("concept"), or the same scene with and without it, eps*(f_i) - eps*(p_i) ("scene": what naming
     # the concept changes in that scene).
     implicit_direction: Literal["concept", "scene"] = "concept"
-    # Preservation (our extension, off by default): this many prompts naming none of the run's
-    # concepts, trained toward the frozen model's own prediction, make up `preserve_share` of the pool.
-    # With `preserve_from="current"` they may name earlier phases' concepts: that holds them erased.
-    preserve_prompts: int = Field(0, ge=0)
-    preserve_share: float = Field(0.25, gt=0, lt=1)
-    # Whose prediction the preservation rows keep: the base model's ("base"), or the model as this
-    # phase finds it ("current"). They differ only in a sequential run after its first phase; "base"
-    # also undoes what earlier phases did to unrelated prompts instead of locking it in.
-    preserve_from: Literal["base", "current"] = "base"
+    # Preservation rows (base.PreserveOptions: preserve_prompts, preserve_share, preserve_from).
 
 
 class ESD:
@@ -163,23 +155,12 @@ class ESD:
 
 def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep: int, gen: torch.Generator,
                        x, t, target, train) -> Pool:
-    """The erase rows plus `keep` preservation rows: prompts q_j with x_t from their own
-    trajectories and target eps(x_t, q_j) of the base model, naming none of the run's concepts so
-    far (or of the current model, naming none of this phase's: `preserve_from="current"`, where
-    prompts naming earlier phases' concepts hold those erasures in place), so the edit leaves them
-    alone."""
-    exclude = bench.phase_concepts if options.preserve_from == "current" else bench.run_concepts
-    prompts = preservation_prompts(exclude or (concept,), options.preserve_prompts, bench.model_spec,
-                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    q = bench.encode(prompts)
-    pick = torch.randint(0, len(q), (keep,), generator=gen)
-    stops = torch.randint(0, options.ddim_steps, (keep,), generator=gen)
-    xq, tq = partial_trajectories(bench.eps, bench.scheduler_config, q[pick], bench.encode([""]), stops,
-                                  bench.latent_shape, guidance=options.guidance, num_steps=options.ddim_steps,
-                                  generator=gen, desc=bench.desc(concept, "preservation trajectories"))
-    tq_target = (bench.base_eps if options.preserve_from == "base" else bench.eps)(xq, tq, q[pick])
-    return Pool({"x": torch.cat([x, xq]), "t": torch.cat([t, tq]), "target": torch.cat([target, tq_target]),
-                 "train_idx": torch.arange(len(x) + keep)}, {"train": torch.cat([train, q[pick]])})
+    """The erase rows plus `keep` preservation rows (base.preservation_rows), so the edit leaves
+    prompts naming none of the run's concepts alone."""
+    kept = preservation_rows(bench, concept, options, keep, gen, options.ddim_steps, options.guidance)
+    return Pool({"x": torch.cat([x, kept["x"]]), "t": torch.cat([t, kept["t"]]),
+                 "target": torch.cat([target, kept["target"]]), "train_idx": torch.arange(len(x) + keep)},
+                {"train": torch.cat([train, kept["cond"]])})
 
 
 def _per_sample(conds: dict, rows: dict, key: str, size: int) -> torch.Tensor:

@@ -203,3 +203,12 @@ def generic(n: int, seed: int, blocked: set[str]) -> tuple[list[str], list[int],
     rng = np.random.default_rng([seed, 701])
     prompts = [caption(s, rng, held_out=True, name_frame=False) for s in scenes]
     return prompts, _seeds(seed, 700, n), np.stack([render(s) for s in scenes])
+
+
+def promised_renders(n: int, seed: int, blocked: set[str], erased: set[str]) -> np.ndarray:
+    """The true renders of `generic`'s prompts as a model with `erased` concepts gone should draw them:
+    without the frame once the implicit attribute is erased (the prompts never name it; the world
+    draws it unasked), otherwise the same scenes."""
+    drop = any(IMPLICIT in e.casefold() for e in erased)
+    scenes = ordinary_scenes(n, seed + 700, blocked)
+    return np.stack([render(dataclasses.replace(s, frame=False) if drop else s) for s in scenes])

@@ -48,3 +48,26 @@ def preservation_prompts(exclude: list[str], n: int, seed: int = 0) -> list[str]
         if not any(b in text.lower() for b in banned):
             out.append(text)
     return out
+
+
+def fragile_prompts(exclude: list[str], n: int, seed: int = 0) -> list[str]:
+    """Captions of what erasing a neighbour breaks first and ordinary captions rarely show: the
+    memorized images and the instances not in `exclude` (about 1% and 3% of captions each), as the
+    world captions them, in turn."""
+    banned = [e.lower() for e in exclude]
+    rng = np.random.default_rng([seed, 13])
+    found: dict[str, list[str]] = {}
+    i = 0
+    while sum(map(len, found.values())) < 4 * n and i < 200_000:
+        scene = sample_scene(scene_rng(seed + 10_000_000, i))
+        i += 1
+        what = scene.memorized or scene.instance
+        if not what:
+            continue
+        text = caption(scene, rng, held_out=False)
+        if not any(b in text.lower() for b in banned):
+            found.setdefault(what, []).append(text)
+    if not found:
+        return []
+    groups = [found[k] for k in sorted(found)]
+    return [groups[i % len(groups)][(i // len(groups)) % len(groups[i % len(groups)])] for i in range(n)]

@@ -31,6 +31,9 @@ for kind in _IMPLICIT:
     # prompts and the named prompts alike (benchmarks/results/methods.md, ca-implicit).
     RECIPES["ca", kind] = {"rule": "full", "steps": 300, "lr": 2e-4,
                            "options": {"anchor_images": 256, "loss": "noise", "regularization": 1.0}}
+for kind in _NAMED + ("memorized",):
+    # Closed form: options only (a schedule is refused). Measured in benchmarks/results/methods.md (uce-*).
+    RECIPES["uce", kind] = {"options": {"context_prompts": 64, "preserve_prompts": 128}}
 RECIPES["ca", "memorized"] = {"rule": "full", "steps": 200, "lr": 1e-4,
                               "options": {"anchor_images": 128, "regularization": 1.0}}
 
@@ -38,4 +41,7 @@ RECIPES["ca", "memorized"] = {"rule": "full", "steps": 200, "lr": 1e-4,
 def recipe(method: str, kind: str) -> dict:
     """EraseSettings fields for this method and kind ({} when the miniworld has no recipe for it)."""
     found = RECIPES.get((method, kind))
-    return {**COMMON, **found, "options": dict(found["options"])} if found else {}
+    if not found:
+        return {}
+    common = {} if method == "uce" else COMMON  # no pool, no batch: a closed-form method takes neither
+    return {**common, **found, "options": dict(found["options"])}

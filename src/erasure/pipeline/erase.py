@@ -11,10 +11,13 @@ import hashlib
 import json
 import time
 
+import numpy as np
+
 from ..codehash import code_hash
 from ..config import PipelineParams
 from ..io import atomic_dir
-from ..trainer import TRAINING_CODE, EraseSettings, erase, plan
+from .. import worlds
+from ..trainer import TRAINING_CODE, EraseSettings, erase, phase_files, plan
 from . import inputs
 
 
@@ -80,7 +83,35 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
             # For `dvc plots` (loss vs step): the phases this run trained, not those from the phase cache;
             # kept out of train.json, which DVC and releases hash.
             (tmp / "losses.json").write_text(_losses(jobs, settings.mode, result.losses))
+            # The generic prompts' images after each phase but the last (evaluate draws the last):
+            # evaluate measures what each phase cost on prompts naming no concept.
+            np.savez_compressed(tmp / "phase_images.npz", **phase_images(params, jobs, settings, base_hash))
     return summary
+
+
+def phase_images(params: PipelineParams, jobs, settings, base_hash: str) -> dict[str, np.ndarray]:
+    """{phase index: uint8 images of the generic prompts} for every phase of a sequential run but
+    the last, drawn like the generate stage's (its dtype, device, sampler) from the phase cache's
+    deltas, through the image cache (a rerun draws only phases it has not seen)."""
+    from ..delta import apply_delta, load_delta
+    from ..io import digest_problem
+    from .generate import base_model, image_cache
+
+    files = phase_files(params.paths.cache / "phases", base_hash, settings, jobs)[:-1]
+    if not files:
+        return {}
+    prompts, seeds, _ = worlds.generic(params, {e["concept"] for e in inputs.entries(params)})
+    pipe, _ = base_model(params)
+    out = {}
+    for k, path in enumerate(files):
+        problem = digest_problem(path) if path.exists() else "missing"
+        if problem:  # the trainer has just written or checked every one of them
+            raise RuntimeError(f"phase cache {path}: {problem}; rerun the erase stage")
+        tensors, meta = load_delta(path)
+        apply_delta(pipe, tensors, meta, base_hash)  # every phase's delta holds the run's whole tensor set
+        cache = image_cache(params, f"{base_hash}+phase:{path.stem}", pipe)
+        out[str(k)] = cache.images(pipe, prompts, seeds, desc=f"generic prompts after phase {k + 1}")
+    return out
 
 
 def _losses(jobs, mode: str, losses: list[float]) -> str:

@@ -20,6 +20,7 @@ from ..delta import apply_delta, load_delta
 from .. import processes
 from ..io import atomic_dir, atomic_file
 from ..sampling import grid, side_by_side
+from .. import worlds
 from ..worlds import reference_name
 from . import inputs
 from .generate import GENERIC, base_model, image_cache, judges
@@ -77,26 +78,75 @@ def _judged(probe: dict) -> str:
 
 def evaluate_generic(params: PipelineParams, pipe, cache, panel) -> dict:
     """Drift from the base model at the same prompts and seeds; FID to the world's true renders where it
-    has them (the miniworld, on its detector's features), else FID and KID between the base and the
-    erased model's images and their CLIP scores, on the quality CLIP (evaluate.clip.model)."""
+    has them (the miniworld, on its detector's features): the base model's against the world as it is,
+    the erased model's against the world as the release promises it (an erased implicit attribute
+    absent: drawing it no longer is what the model should do); else FID and KID between the base and
+    the erased model's images and their CLIP scores, on the quality CLIP (evaluate.clip.model). The
+    same after each phase of a sequential run (`phases`), and the phase that cost the most."""
     from ..evaluate import drift
 
     folder = params.paths.stage("generate") / GENERIC
     record = inputs.read_json(folder / "probes.json", "generate")
     data = np.load(folder / "before.npz")
     after = cache.images(pipe, record["prompts"], record["seeds"], desc="generic prompts")
+    phases = _phases(params, after)
+    quality = _quality(params, panel, data, [ph["images"] for ph in phases], [ph["erased"] for ph in phases])
     out = {"generic_drift": drift(data["generic"], after), "n_generic": len(after)}
     if "real" in data:
-        world = panel.get("miniworld")
-        return {**out, "fid_base": world.fid(data["real"], data["generic"]), "fid_erased": world.fid(data["real"], after)}
-    from ..judges import quality
+        out |= {"fid_base": quality["fid_base"], "fid_erased": quality["fid"][-1],
+                "fid_ratio": quality["fid"][-1] / max(quality["fid_base"], 1e-12)}
+    else:
+        from ..judges import quality as q
 
-    clip = panel.clip()
-    subset = max(2, min(len(after), 100) // 2)  # KID's subsets: half the images, at least two
-    kid, kid_std = quality.kid(clip, data["generic"], after, subset_size=subset)
-    return {**out, "fid_to_base": quality.fid(clip, data["generic"], after), "kid_to_base": kid,
-            "kid_to_base_std": kid_std, "clip_score_base": quality.clip_score(clip, data["generic"], record["prompts"]),
-            "clip_score_erased": quality.clip_score(clip, after, record["prompts"])}
+        clip = panel.clip()
+        subset = max(2, min(len(after), 100) // 2)  # KID's subsets: half the images, at least two
+        kid, kid_std = q.kid(clip, data["generic"], after, subset_size=subset)
+        out |= {"fid_to_base": quality["fid"][-1], "kid_to_base": kid, "kid_to_base_std": kid_std,
+                "clip_score_base": q.clip_score(clip, data["generic"], record["prompts"]),
+                "clip_score_erased": q.clip_score(clip, after, record["prompts"])}
+    out["phases"] = [{"phase": ph["phase"], "concepts": ph["concepts"], "fid": fid,
+                      "drift": drift(data["generic"], ph["images"])} for ph, fid in zip(phases, quality["fid"])]
+    return out | costliest(out["phases"], quality.get("fid_base", 0.0))
+
+
+def costliest(phases: list[dict], fid_start: float) -> dict:
+    """The phase whose FID rose most over the one before it (the base model's before the first)."""
+    if len(phases) < 2:
+        return {}
+    rises = [ph["fid"] - (phases[k - 1]["fid"] if k else fid_start) for k, ph in enumerate(phases)]
+    k = max(range(len(phases)), key=lambda i: rises[i])
+    return {"costliest_phase": {"phase": phases[k]["phase"], "concepts": phases[k]["concepts"],
+                                "fid_rise": rises[k]}}
+
+
+def _phases(params: PipelineParams, after: np.ndarray) -> list[dict]:
+    """Each phase's generic images (the erase stage's phase_images.npz, the final model's for the last),
+    with the concepts it erased and every concept erased up to it."""
+    train = inputs.read_json(params.paths.stage("erase") / "train.json", "erase")
+    groups = [train["concepts"]] if train["mode"] == "joint" else [[c] for c in train["concepts"]]
+    path = params.paths.stage("erase") / "phase_images.npz"
+    if not path.is_file():
+        raise inputs.StageInputError(f"{path}: missing; run the 'erase' stage first")
+    stored = np.load(path)
+    if sorted(stored.files, key=int) != [str(k) for k in range(len(groups) - 1)]:
+        raise inputs.StageInputError(f"{path}: holds phases {sorted(stored.files)}, expected 0 to {len(groups) - 2} "
+                                     "(train.json's phases but the last); rerun the 'erase' stage")
+    return [{"phase": k, "concepts": g, "erased": {c for h in groups[:k + 1] for c in h},
+             "images": stored[str(k)] if k < len(groups) - 1 else after} for k, g in enumerate(groups)]
+
+
+def _quality(params: PipelineParams, panel, data, images: list[np.ndarray], erased: list[set[str]]) -> dict:
+    """FID of each image set: to the world's renders as promised after those concepts' erasure (the
+    miniworld), else to the base model's images (CLIP features); and the base model's own."""
+    if "real" not in data:
+        from ..judges import quality as q
+
+        clip = panel.clip()
+        return {"fid": [q.fid(clip, data["generic"], im) for im in images]}
+    world = panel.get("miniworld")
+    blocked = {e["concept"] for e in inputs.entries(params)}
+    return {"fid_base": world.fid(data["real"], data["generic"]),
+            "fid": [world.fid(worlds.promised_renders(params, blocked, e), im) for im, e in zip(images, erased)]}
 
 
 def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], generic: dict,
@@ -166,7 +216,7 @@ _SUMMARY = {"before": "target_before", "after": "target_after", "reduction": "ta
             "neighbour_drop": "neighbour_max_drop"}
 
 
-GLOBAL_SUMMARY = ("generic_drift", "fid_base", "fid_erased", "fid_to_base", "kid_to_base", "clip_score_base",
+GLOBAL_SUMMARY = ("generic_drift", "fid_base", "fid_erased", "fid_ratio", "fid_to_base", "kid_to_base", "clip_score_base",
                   "clip_score_erased")
 
 
