@@ -46,6 +46,8 @@ def choose(concept: str, kind: str, method: str, *, anchor: str | None, paraphra
     if method in no_anchor_methods:
         return AnchorChoice(concept, None, f"method {method!r} needs no anchor (it maps the concept onto the "
                                            "model's unconditional prediction)")
+    if method == "uce" and not candidates:
+        return AnchorChoice(concept, None, f"no {kind} candidates: UCE maps the concept onto the empty prompt")
     if method == "abo":
         return AnchorChoice(concept, None, "All-but-One uses the concept's context and its `alternative`, no anchor")
     if kind == "memorized":
