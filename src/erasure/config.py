@@ -168,7 +168,7 @@ RECIPES = {
 class EraseParams(_Section):
     mode: Literal["joint", "sequential"] = "sequential"
     # The method per concept kind; a blocklist entry's `method` wins.
-    methods: dict[KindKey, MethodName] = {"style": "uce", "object": "esd", "instance": "uce", "nudity": "esd",
+    methods: dict[KindKey, MethodName] = {"style": "uce", "object": "ca", "instance": "uce", "nudity": "esd",
                                           "implicit": "ca", "memorized": "uce"}
     # EraseSettings fields per "<method>/<kind>" (e.g. "esd/style"); missing keys take the method's
     # defaults. Kept as written (the erase stage's cache keys read them); checked by _check_recipes.
