@@ -39,6 +39,9 @@ def test_aligned_positions_map_the_span_and_everything_after_it():
     # a two-token anchor, suffix after the spans: shifted by the spans' difference in length
     assert aligned_positions([S, 9, 6, E], [S, 5, 5, 6, E], 6) == [(1, 2), (2, 3), (3, 4), (4, 5)]
     assert aligned_positions([S, 3, E], [S, 3, E], 4) == []  # nothing to remap
+    # "the lantern" -> "": the leading "the" is every "the ..." prompt's vector there: left alone
+    assert aligned_positions([S, 2, 7, E], [S, E], 5, function=[False, True, False, False]) == [
+        (2, 0), (3, 1), (4, 2)]
 
 
 @pytest.mark.parametrize("preserve_scale", [0.0, 1.0])
