@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..concept import Concept, ConceptError
+from ..concept import FUNCTION_WORDS, Concept, ConceptError, _word
 from ..families import encode_sdxl, is_sdxl
 from ..prompts import anchor_prompts, preservation_prompts, target_prompt
 from .base import Bench, Defaults, Options, Pool
@@ -43,6 +43,7 @@ class UCEOptions(Options):
     context_prompts: int = Field(16, ge=0)  # scenes naming the concept, beside the bare name
     preserve_prompts: int = Field(64, ge=0)  # ordinary captions naming none of the phase's concepts
     preserve_erased: bool = True  # sequential: keep earlier phases' erased targets as they are
+    preserve_fragile: float = Field(0.25, ge=0, le=1)  # of preserve_prompts: the world's fragile outputs (prompts.py)
 
 
 class UCE:
@@ -92,7 +93,7 @@ class UCE:
         keep = []
         if options.preserve_prompts:
             prompts = preservation_prompts(tuple(c for c, _ in concepts), options.preserve_prompts,
-                                           bench.model_spec, seed=seed)
+                                           bench.model_spec, seed=seed, fragile=options.preserve_fragile)
             keep.append(embed(bench, prompts).flatten(0, 1))
         done = [c for c in earlier if c not in {x for x, _ in concepts}]
         if options.preserve_erased and done:
@@ -154,17 +155,22 @@ def erase_vectors(bench: Bench, concept: Concept, options: UCEOptions, seed: int
     n = len(pairs)
     src, dst = [], []
     for i, (t, a) in enumerate(pairs):
-        for pt, pa in aligned_positions(tok(t).input_ids, tok(a).input_ids, emb.shape[1], options.tokens):
+        ids = tok(t).input_ids
+        function = [_word(x) in FUNCTION_WORDS for x in tok.convert_ids_to_tokens(ids)]
+        for pt, pa in aligned_positions(ids, tok(a).input_ids, emb.shape[1], options.tokens, function):
             src.append(emb[i, pt])
             dst.append(emb[n + i, pa])
     return torch.stack(src), torch.stack(dst)
 
 
-def aligned_positions(target_ids: list[int], anchor_ids: list[int], length: int,
-                      tokens: str = "span") -> list[tuple[int, int]]:
+def aligned_positions(target_ids: list[int], anchor_ids: list[int], length: int, tokens: str = "span",
+                      function: list[bool] | None = None) -> list[tuple[int, int]]:
     """(position in the target prompt, position in the anchor prompt) of every vector to remap.
 
-    Both id lists hold the start and end tokens and no padding; `length`: the padded length."""
+    Both id lists hold the start and end tokens and no padding; `length`: the padded length.
+    `function[p]`: token p of the target is a function word. The span's leading function words are
+    not remapped: a causal encoder's vector there depends only on the words up to it, which ordinary
+    prompts share ("the" of "the midnight lantern poster" is the "the" of "the garden gate print")."""
     prefix = 0
     while prefix < min(len(target_ids), len(anchor_ids)) and target_ids[prefix] == anchor_ids[prefix]:
         prefix += 1
@@ -177,6 +183,8 @@ def aligned_positions(target_ids: list[int], anchor_ids: list[int], length: int,
         return []  # the target prompt adds nothing to the anchor's
     a_last = a_end - 1 if a_end > prefix else 0  # an empty anchor span: the start token
     first = prefix if tokens == "span" else t_end - 1
+    while function and first < t_end - 1 and function[first]:
+        first += 1
     out = [(p, a_last) for p in range(first, t_end)]
     shift = a_end - t_end  # after the spans: the same position counted from each span's end
     out += [(p, p + shift) for p in range(t_end, length) if 0 <= p + shift < length]
