@@ -103,6 +103,9 @@ def toy_params(path: Path) -> None:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["generate"].update(images_per_probe=2, generic_images=4, steps=4)
     for key, r in p["erase"]["recipes"].items():
+        if key.startswith("uce/"):  # closed form: no schedule to shrink, only its prompt counts
+            r["options"].update(context_prompts=2, preserve_prompts=4)
+            continue
         r.update(steps=2, pool_size=4, batch_size=2)
         o = r["options"]
         o.update({k: 2 for k in ("context_prompts", "anchor_images", "preserve_prompts") if k in o})
@@ -110,6 +113,7 @@ def toy_params(path: Path) -> None:
     p["erase"]["checkpoint_every"] = 1
     p["release"]["gates"] = {k: {b: (0.0 if b == "reduction_min" else 1.0) for b in g}
                              for k, g in p["release"]["gates"].items()}
+    p["release"]["quality"] = {"fid_max_ratio": 1e6, "drift_max": 1.0}
     path.write_text(yaml.safe_dump(p, sort_keys=False))
 
 

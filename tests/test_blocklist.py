@@ -42,7 +42,7 @@ EXPECTED = {
     "missing-kind.yaml": f"entry 1 (Vasquez): kind: expected one of {KINDS}, got nothing",
     "unknown-kind.yaml": f"entry 1 (Vasquez): kind: expected one of {KINDS}, got 'painter'",
     "unknown-field.yaml": "entry 1 (Pip): anchr: unknown field 'anchr' (did you mean 'anchor'?)",
-    "unknown-method.yaml": "method: expected one of esd, ca, abo, loss-max, got 'magic'",
+    "unknown-method.yaml": "method: expected one of esd, ca, abo, loss-max, uce, got 'magic'",
     "paraphrases-not-a-list.yaml": "paraphrases: expected a list of texts, got str 'in the manner of Vasquez'",
     "eval-prompt-not-text.yaml": "eval_prompts: expected a list of non-empty texts, got int 5 as item 2",
     "anchor-equals-target.yaml": "entry 1 (Pip): anchor: expected a concept other than the target itself, got 'pip'",

@@ -119,7 +119,8 @@ def test_a_model_without_a_tokenizer_is_named(tmp_path):
     model.mkdir()
     (model / "model_index.json").write_text("{}")
     with pytest.raises(ModelLoadError, match=f"model '{model}': cannot load its tokenizer"):
-        ingest.run(load_params(_params(tmp_path, DEFAULT, model=str(model))))
+        ingest.run(load_params(_params(tmp_path, DEFAULT, model=str(model),
+                                       release={"quality": {"fid_max_ratio": None}})))
     assert not (tmp_path / "work").exists()
 
 

@@ -374,8 +374,8 @@ def test_an_impossible_plan_fails_at_the_anchors_stage_before_any_image(tmp_path
     stage, after generation; the anchors stage makes the erase stage's plan and writes nothing."""
     from erasure.pipeline import anchors, ingest
 
-    (tmp_path / "blocklist.yaml").write_text("concepts:\n  - {concept: Vasquez, kind: style}\n"
-                                             "  - {concept: Pip, kind: instance, anchor: circle}\n")
+    (tmp_path / "blocklist.yaml").write_text("concepts:\n  - {concept: Vasquez, kind: style, method: esd}\n"
+                                             "  - {concept: Pip, kind: instance, anchor: circle, method: ca}\n")
     (tmp_path / "params.yaml").write_text("erase: {mode: joint}\npaths: {blocklist: blocklist.yaml}\n")
     params = load_params(tmp_path / "params.yaml")
     ingest.run(params)
