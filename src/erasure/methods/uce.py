@@ -29,6 +29,7 @@ import torch
 from pydantic import Field
 
 from ..concept import FUNCTION_WORDS, Concept, ConceptError, _word
+from ..device import model_device
 from ..families import encode_sdxl, is_sdxl
 from ..prompts import anchor_prompts, preservation_prompts, target_prompt
 from .base import Bench, Defaults, Options, Pool
@@ -135,7 +136,7 @@ def embed(bench: Bench, prompts: list[str]) -> torch.Tensor:
     cond = bench.encode(prompts)
     if cond.dtype == torch.long:  # a run that also trains embedding rows encodes ids with the current rows
         enc = bench.model.text_encoder
-        cond = enc(cond.to(next(enc.parameters()).device))[0].float().cpu()
+        cond = enc(cond.to(model_device(enc)[0]))[0].float().cpu()
     return cond
 
 
