@@ -11,6 +11,11 @@ status=0
 .venv/bin/python flows/release_flow.py "$@" || status=$?
 echo
 if [ "$status" -eq 0 ]; then
+  if [ "$#" -eq 0 ]; then
+    # The flow ran dvc.yaml's stages on params.yaml: record their outputs in dvc.lock, so that
+    # `dvc repro` finds them up to date and `dvc metrics diff` compares with this run.
+    .venv/bin/dvc commit -f -q || echo "dvc commit failed: dvc.lock does not record this run"
+  fi
   .venv/bin/erasure release show
 else
   echo "no release (flow exit $status)"

@@ -68,6 +68,14 @@ EXPECTED = {
     "recipe-rule-unknown.yaml": f"{R}esd/style.rule: unknown rule 'xatn'; expected one of xattn-kv, xattn, attn, "
                                 "noxattn, noxattn-linear, full, embedding (did you mean 'xattn'?)",
     "recipe-steps-zero.yaml": f"{R}esd/style.steps: Input should be greater than 0, got 0",
+    "recipe-closed-form-steps.yaml": (f"{R}uce/style.lr: method 'uce' is closed-form (no training steps): lr does "
+                                      "not apply to it; expected only 'rule' and 'options'",
+                                      f"{R}uce/style.steps: method 'uce' is closed-form"),
+    "recipe-closed-form-rule.yaml": f"{R}uce/style.rule: method 'uce' edits the cross-attention key/value "
+                                    "projections; expected 'xattn-kv', got 'full'",
+    "quality-drift-negative.yaml": "release.quality.drift_max: Input should be greater than or equal to 0, got -3",
+    "quality-unknown-bound.yaml": "release.quality.fid_max: unknown field 'fid_max'; expected one of fid_max_ratio, "
+                                  "fid_to_base_max, drift_max (did you mean 'fid_max_ratio'?)",
     "recipe-steps-fraction.yaml": f"{R}esd/style.steps: Input should be a valid integer, got 2.5",
     "recipe-lr-negative.yaml": f"{R}esd/style.lr: Input should be greater than 0, got -0.0002",
     "recipe-lr-without-dot.yaml": f"{R}esd/style.lr: Input should be a valid number (write 1.0e-4, not 1e-4), "

@@ -233,6 +233,13 @@ def _check_recipes(recipes: dict[str, Any]) -> list[dict]:
         rule = settings.get("rule")
         if isinstance(rule, str) and rule not in RULES:
             fail((key, "rule"), _one_of(rule, RULES, "rule"))
+        if not bad_key and getattr(METHODS[method], "closed_form", False):  # as trainer.plan refuses it
+            for name in sorted(set(settings) - {"rule"}):
+                fail((key, name), f"method {method!r} is closed-form (no training steps): {name} does not "
+                                  "apply to it; expected only 'rule' and 'options'")
+            if isinstance(rule, str) and rule in RULES and rule not in ("xattn-kv", "xattn"):
+                fail((key, "rule"), f"method {method!r} edits the cross-attention key/value projections; "
+                                    f"expected 'xattn-kv', got {rule!r}")
         if not isinstance(options, dict):
             fail((key, "options"), f"expected a mapping of the method's options, got {preview(options)}")
         elif not bad_key:
