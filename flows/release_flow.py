@@ -162,6 +162,18 @@ def checked_params(path: str) -> PipelineParams:
         source_folder(params.model)  # a folder, or a hub id's snapshot in the local cache: no download
     except ModelLoadError as exc:
         exit_with([f"{path}: model: {exc}"])
+    # The blocklist and the erasure's plan too (what the ingest and anchors stages check; nothing written):
+    # a malformed entry or a method that cannot erase its concept is one error now, not a failed flow run.
+    from erasure.blocklist import BlocklistError
+
+    try:
+        entries = ingest_stage.entries_of(ingest_stage.read(params))
+    except (BlocklistError, ModelLoadError) as exc:
+        exit_with([f"ingest: {line}" for line in str(exc).splitlines()])
+    try:
+        anchors_stage.choose_and_plan(params, entries)
+    except (ValueError, ModelLoadError) as exc:  # ConceptError and the plan's refusals are ValueErrors
+        exit_with([f"anchors: {str(exc).splitlines()[0]}"])
     return params
 
 

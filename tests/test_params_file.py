@@ -246,6 +246,22 @@ def test_the_flows_check_the_params_and_the_blocklist_before_starting(tmp_path, 
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {params}: model: --model '{tmp_path / 'no-model'}': no such")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]
+    # The blocklist read whole, and the erasure's plan made, before the flow starts: nothing written.
+    (tmp_path / "b.yaml").write_text("concepts:\n  - {concept: Pip, kind: instance, kind: style}\n")
+    params.write_text(f"paths: {{blocklist: b.yaml, work: {tmp_path / 'work'}, cache: {tmp_path / 'cache'}}}\n")
+    with pytest.raises(SystemExit) as exc:
+        checked_params(str(params))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (f"error: ingest: {tmp_path / 'b.yaml'}: line 2: key 'kind' given twice in one "
+                                       "mapping (first at line 2); each key may appear once\n")
+    (tmp_path / "b.yaml").write_text("concepts:\n  - {concept: with a golden frame, kind: implicit, method: uce}\n")
+    with pytest.raises(SystemExit) as exc:
+        checked_params(str(params))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == ("error: anchors: concept 'with a golden frame' (implicit): UCE remaps what "
+                                       "prompts naming a concept read; an attribute that appears unnamed needs a "
+                                       "trained method (esd, ca)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.yaml", "p.yaml"]
 
 
 def test_defaults_are_the_shipped_params():
@@ -317,8 +333,7 @@ def test_deploy_refuses_a_bad_schedule_before_serving(text, argv, message, tmp_p
     spec.loader.exec_module(deploy)
     monkeypatch.setattr(deploy.release_flow, "serve", lambda *a, **k: pytest.fail("served a bad schedule"))
     (tmp_path / "p.yaml").write_text(text)
-    (tmp_path / "blocklists").mkdir()
-    shutil.copy(ROOT / "blocklists" / "default.yaml", tmp_path / "blocklists" / "default.yaml")  # the default path
+    shutil.copytree(ROOT / "blocklists", tmp_path / "blocklists")  # the default path, with its reference images
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["deploy.py", "--params", "p.yaml", *argv])
     with pytest.raises(SystemExit) as exc:

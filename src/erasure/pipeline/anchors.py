@@ -11,7 +11,17 @@ from . import inputs
 
 
 def run(params: PipelineParams) -> dict:
-    entries = inputs.entries(params)
+    chosen = choose_and_plan(params, inputs.entries(params))
+    with atomic_dir(params.paths.stage("anchors")) as tmp:
+        (tmp / "anchors.json").write_text(json.dumps({"anchors": chosen}, indent=1, sort_keys=True))
+    return {c: a["anchor"] for c, a in chosen.items()}
+
+
+def choose_and_plan(params: PipelineParams, entries: list[dict]) -> dict[str, dict]:
+    """concept -> {"anchor", "reason", "scores"} for ingest's `entries`; writes nothing. The erase
+    stage's plan is made too: an impossible combination (a method without the anchor it needs, a
+    method that cannot erase the kind, joint mode over recipes with different learning rates) fails
+    before any image is drawn (the flow calls this before it starts)."""
     embed = None
 
     def lazy_embed(texts):  # the model loads only when a choice needs it
@@ -27,14 +37,10 @@ def run(params: PipelineParams) -> dict:
                    paraphrases=e.get("paraphrases") or [], candidates=params.anchors.candidates.get(e["kind"], []),
                    no_anchor_methods=params.anchors.none_for_methods, embed=lazy_embed)
         chosen[e["concept"]] = c.as_dict()
-    # The erase stage's plan, made now: an impossible combination (a method without the anchor it
-    # needs, joint mode over recipes with different learning rates) fails before any image is drawn.
     from .erase import jobs_and_settings
 
-    jobs_and_settings(params, chosen)
-    with atomic_dir(params.paths.stage("anchors")) as tmp:
-        (tmp / "anchors.json").write_text(json.dumps({"anchors": chosen}, indent=1, sort_keys=True))
-    return {c: a["anchor"] for c, a in chosen.items()}
+    jobs_and_settings(params, chosen, entries)
+    return chosen
 
 
 def _embedder(params: PipelineParams):

@@ -21,9 +21,10 @@ from ..trainer import TRAINING_CODE, EraseSettings, erase, phase_files, plan
 from . import inputs
 
 
-def jobs_and_settings(params: PipelineParams, anchors: dict[str, dict] | None = None):
-    """The erasure's plan (trainer.plan): from the anchors stage's output, or `anchors` given."""
-    entries = inputs.entries(params)
+def jobs_and_settings(params: PipelineParams, anchors: dict[str, dict] | None = None,
+                      entries: list[dict] | None = None):
+    """The erasure's plan (trainer.plan): from the ingest and anchors stages' outputs, or those given."""
+    entries = inputs.entries(params) if entries is None else entries
     anchors = inputs.anchors(params) if anchors is None else anchors
     e = params.erase
     settings = EraseSettings(method="esd", mode=e.mode, seed=e.seed, checkpoint_every=e.checkpoint_every,

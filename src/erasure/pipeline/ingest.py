@@ -47,8 +47,18 @@ def previous_release(params: PipelineParams) -> tuple[str | None, Blocklist | No
                              f"stage's blocklist.json, got: {str(exc).splitlines()[0]}") from None
 
 
+def read(params: PipelineParams) -> Blocklist:
+    """The blocklist params name, validated whole against the model's tokenizer (BlocklistError)."""
+    return load_blocklist(params.paths.blocklist, tokenizer_for(params.model))
+
+
+def entries_of(blocklist: Blocklist) -> list[dict]:
+    """The entries as this stage writes them (what inputs.entries reads back)."""
+    return [e.as_dict() for e in _portable(blocklist).entries]
+
+
 def run(params: PipelineParams) -> dict:
-    blocklist = load_blocklist(params.paths.blocklist, tokenizer_for(params.model))
+    blocklist = read(params)
     rid, previous = previous_release(params)
     changes = diff(blocklist, previous)
     sha256 = blocklist.sha256
