@@ -66,3 +66,16 @@ def test_misspell_and_summary():
     assert s["neighbour_max_drop"] == pytest.approx(0.1)
     a = np.zeros((2, 4, 4, 3), np.uint8)
     assert drift(a, a) == 0.0 and drift(a, a + 255) == 1.0
+
+
+def test_generic_prompts_name_no_blocklisted_concept_in_any_case():
+    """The blocklist names concepts as written ("Vasquez"); the generic prompts (FID, drift) named
+    erased styles until the world's scenes casefolded what they exclude."""
+    from erasure.miniworld.probes import generic, promised_renders
+
+    blocked = {"Vasquez", "Okafor", "Tanaka", "Moreau", "star"}
+    prompts, _, real = generic(64, 0, blocked)
+    assert not [p for p in prompts if any(b.casefold() in p.casefold() for b in blocked)]
+    assert any("Lindqvist" in p for p in prompts)  # the style left is still drawn
+    assert np.array_equal(real, promised_renders(64, 0, blocked, set()))
+    assert generic(64, 0, {b.upper() for b in blocked})[0] == prompts

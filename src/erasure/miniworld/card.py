@@ -21,11 +21,13 @@ EVAL_SEED = 2026
 
 def ordinary_scenes(n: int, seed: int, exclude: frozenset[str] = frozenset(), **force) -> list[Scene]:
     """Ordinary world scenes (no instance, no memorized image, no style or object in `exclude`,
-    casefolded, unless forced) with some attributes forced.
+    in any case, unless forced) with some attributes forced.
 
     A scene that shows an excluded concept is redrawn in its own slot, so the other scenes do not
     depend on `exclude`: adding a concept to a blocklist changes only the prompts that showed it
     (and the image cache keeps the rest)."""
+    exclude = {e.casefold() for e in exclude}  # callers pass blocklist names as written ("Vasquez")
+
     def excluded(s: Scene) -> bool:
         return any(key not in force and getattr(s, key).casefold() in exclude for key in ("style", "object"))
 
