@@ -23,6 +23,7 @@ because a small text encoder encodes a name in context differently from alone.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import torch
@@ -98,7 +99,10 @@ class UCE:
             keep.append(embed(bench, prompts).flatten(0, 1))
         done = [c for c in earlier if c not in {x for x, _ in concepts}]
         if options.preserve_erased and done:
-            keep.extend(erase_vectors(bench, c, options, seed)[0] for c in done)
+            # Not the earlier prompts that name this phase's concepts: "a star, in the style of Vasquez"
+            # keeps its erased output, a star, which the star's own erasure must change.
+            names = tuple(c.text for c, _ in concepts)
+            keep.extend(erase_vectors(bench, c, options, seed, avoid=names)[0] for c in done)
         C, A, s = torch.cat(sources), torch.cat(targets), torch.cat(scales)
         P = torch.cat(keep) if keep else C[:0]
         for _, layer in projections(bench.model.unet, options.projections):
@@ -140,14 +144,22 @@ def embed(bench: Bench, prompts: list[str]) -> torch.Tensor:
     return cond
 
 
-def erase_vectors(bench: Bench, concept: Concept, options: UCEOptions, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, C*): the vectors prompts naming the concept have, and those their anchor prompts have there."""
+def erase_vectors(bench: Bench, concept: Concept, options: UCEOptions, seed: int,
+                  avoid: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, C*): the vectors prompts naming the concept have, and those their anchor prompts have there;
+    without the pairs whose prompts name one of `avoid` (as whole words, any case)."""
     anchor = concept.anchor or ""
     pairs = [(concept.text, anchor)]
     if options.context_prompts:
         scenes = anchor_prompts(concept, options.context_prompts, bench.model_spec, seed=seed)
         pairs += [(target_prompt(concept, p, i), p) for i, p in enumerate(scenes)]
     pairs = [(t, a) for t, a in dict.fromkeys(pairs) if t != a]
+    if avoid:
+        named = re.compile("|".join(rf"\b{re.escape(w)}\b" for w in avoid), re.IGNORECASE)
+        pairs = [(t, a) for t, a in pairs if not named.search(t) and not named.search(a)]
+        if not pairs:
+            empty = embed(bench, [""])[0, :0]  # (0, d)
+            return empty, empty
     if not pairs:
         raise ConceptError(f"concept {concept.text!r}: UCE found no prompt that names it apart from its anchor")
     tok = bench.pipe.tokenizer
