@@ -5,7 +5,7 @@ import torch
 
 from erasure.concept import Concept
 from erasure.delta import load_delta
-from erasure.methods.uce import aligned_positions, closed_form, erase_vectors, projections
+from erasure.methods.uce import UCEOptions, aligned_positions, closed_form, erase_pairs, erase_vectors, projections
 from erasure.models import load_pipeline, weights_hash
 from erasure.trainer import EraseSettings, erase, plan
 
@@ -42,6 +42,21 @@ def test_aligned_positions_map_the_span_and_everything_after_it():
     # "the lantern" -> "": the leading "the" is every "the ..." prompt's vector there: left alone
     assert aligned_positions([S, 2, 7, E], [S, E], 5, function=[False, True, False, False]) == [
         (2, 0), (3, 1), (4, 2)]
+
+
+def test_erase_pairs_leave_out_scenes_naming_another_concept_of_the_run():
+    vasquez = Concept(text="Vasquez", kind="style")
+    options = UCEOptions(context_prompts=64)
+    every = erase_pairs(vasquez, options, "miniworld", seed=0)
+    stars = [t for t, _ in every if "star" in t.lower().split() or "star," in t.lower()]
+    assert stars, "the miniworld's style scenes draw stars (the conflict this guards against)"
+    kept = erase_pairs(vasquez, options, "miniworld", seed=0, avoid=("star", "Pip"))
+    assert kept[0] == ("Vasquez", "")  # the bare name first
+    words = [set(p.lower().replace(",", " ").replace("'s", " ").split()) for pair in kept for p in pair]
+    assert not [w for w in words if {"star", "pip"} & w]
+    assert 0 < len(kept) < len(every)
+    # the bare name is kept whatever `avoid` says
+    assert erase_pairs(vasquez, options, "miniworld", 0, avoid=("Vasquez",)) == [("Vasquez", "")]
 
 
 @pytest.mark.parametrize("preserve_scale", [0.0, 1.0])

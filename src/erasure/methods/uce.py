@@ -18,7 +18,10 @@ end token, padding: they carry the concept through the causal encoder) onto the 
 counted from the span's end. The reference code maps from the concept's last token on; `tokens="span"` also
 maps the earlier tokens of the span. Pairs: the bare concept and its anchor ("" when it has none),
 plus `context_prompts` scenes naming it (prompts.target_prompt) and the same scenes without it,
-because a small text encoder encodes a name in context differently from alone.
+because a small text encoder encodes a name in context differently from alone. A concept's scenes
+that name another concept of the run are left out: "a star, in the style of Vasquez" -> "a star" would
+have Vasquez's solve keep the star that the star's own pairs remove (with them, a star erased beside a
+style kept 0.50 of its images; without, 0.00).
 """
 
 from __future__ import annotations
@@ -87,8 +90,9 @@ class UCE:
                                  "preserve_prompts and preserve_erased")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         sources, targets, scales = [], [], []
+        run = tuple(dict.fromkeys([*(c.text for c, _ in concepts), *(c.text for c in earlier)]))
         for concept, o in concepts:
-            c, a = erase_vectors(bench, concept, o, seed)
+            c, a = erase_vectors(bench, concept, o, seed, avoid=tuple(t for t in run if t != concept.text))
             sources.append(c)
             targets.append(a)
             scales.append(torch.full((len(c),), o.erase_scale))
@@ -144,22 +148,27 @@ def embed(bench: Bench, prompts: list[str]) -> torch.Tensor:
     return cond
 
 
-def erase_vectors(bench: Bench, concept: Concept, options: UCEOptions, seed: int,
-                  avoid: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, C*): the vectors prompts naming the concept have, and those their anchor prompts have there;
-    without the pairs whose prompts name one of `avoid` (as whole words, any case)."""
+def erase_pairs(concept: Concept, options: UCEOptions, model_spec: str, seed: int,
+                avoid: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(prompt naming the concept, its anchor prompt): the bare name and its anchor ("" when it has
+    none), then `context_prompts` scenes, without those that name one of `avoid` (whole words, any case)."""
     anchor = concept.anchor or ""
-    pairs = [(concept.text, anchor)]
+    pairs = []
     if options.context_prompts:
-        scenes = anchor_prompts(concept, options.context_prompts, bench.model_spec, seed=seed)
-        pairs += [(target_prompt(concept, p, i), p) for i, p in enumerate(scenes)]
-    pairs = [(t, a) for t, a in dict.fromkeys(pairs) if t != a]
+        scenes = anchor_prompts(concept, options.context_prompts, model_spec, seed=seed)
+        pairs = [(target_prompt(concept, p, i), p) for i, p in enumerate(scenes)]
     if avoid:
         named = re.compile("|".join(rf"\b{re.escape(w)}\b" for w in avoid), re.IGNORECASE)
         pairs = [(t, a) for t, a in pairs if not named.search(t) and not named.search(a)]
-        if not pairs:
-            empty = embed(bench, [""])[0, :0]  # (0, d)
-            return empty, empty
+    # The bare name always: it is the concept itself, whatever `avoid` says.
+    return [(t, a) for t, a in dict.fromkeys([(concept.text, anchor), *pairs]) if t != a]
+
+
+def erase_vectors(bench: Bench, concept: Concept, options: UCEOptions, seed: int,
+                  avoid: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, C*): the vectors the prompts of `erase_pairs` naming the concept have, and those their
+    anchor prompts have there."""
+    pairs = erase_pairs(concept, options, bench.model_spec, seed, avoid)
     if not pairs:
         raise ConceptError(f"concept {concept.text!r}: UCE found no prompt that names it apart from its anchor")
     tok = bench.pipe.tokenizer
