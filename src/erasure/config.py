@@ -161,6 +161,7 @@ RECIPES = {
                      "options": {"anchor_steps": 20, "anchor_images": 64, "regularization": 1.0}},
     "uce/style": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
     "uce/instance": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
+    "uce/object": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
     "uce/memorized": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
 }
 
@@ -168,7 +169,7 @@ RECIPES = {
 class EraseParams(_Section):
     mode: Literal["joint", "sequential"] = "sequential"
     # The method per concept kind; a blocklist entry's `method` wins.
-    methods: dict[KindKey, MethodName] = {"style": "uce", "object": "ca", "instance": "uce", "nudity": "esd",
+    methods: dict[KindKey, MethodName] = {"style": "uce", "object": "uce", "instance": "uce", "nudity": "esd",
                                           "implicit": "ca", "memorized": "uce"}
     # EraseSettings fields per "<method>/<kind>" (e.g. "esd/style"); missing keys take the method's
     # defaults. Kept as written (the erase stage's cache keys read them); checked by _check_recipes.
