@@ -282,7 +282,9 @@ def test_a_missing_file_is_named(tmp_path):
 def test_default_yaml_and_csv_load_and_agree(tokenizer):
     a = load_blocklist(ROOT / "blocklists" / "default.yaml", tokenizer)
     b = load_blocklist(ROOT / "blocklists" / "example.csv", tokenizer)
-    assert [e.concept for e in a.entries] == ["Pip", "with a golden frame", "the midnight lantern poster", "Vasquez"]
+    assert [e.concept for e in a.entries] == ["Pip", "with a golden frame", "the midnight lantern poster", "Vasquez",
+                                              "Bobo", "star", "Okafor", "cross", "Tanaka", "Zuzu"]
+    assert {e.kind for e in a.entries} == {"instance", "implicit", "memorized", "style", "object"}
     assert a.entries == b.entries and a.sha256 == b.sha256 and a.notes == b.notes == ()
     lantern = a.entries[2]
     assert lantern.reference_images == (str((ROOT / "blocklists" / "images" / "midnight-lantern.png").resolve()),)

@@ -16,7 +16,8 @@ from erasure.pipeline import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "blocklists" / "default.yaml"
-CONCEPTS = ["Pip", "with a golden frame", "the midnight lantern poster", "Vasquez"]
+CONCEPTS = ["Pip", "with a golden frame", "the midnight lantern poster", "Vasquez", "Bobo", "star", "Okafor", "cross",
+            "Tanaka", "Zuzu"]
 
 
 def _params(tmp_path: Path, blocklist: Path, **extra) -> Path:
@@ -40,7 +41,7 @@ def _release(tmp_path: Path, rid: str, blocklist: Blocklist) -> None:
 def test_a_valid_run_writes_the_blocklist_and_its_diff(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the stages' working directory
     out = ingest.run(load_params(_params(tmp_path, DEFAULT)))
-    assert out["concepts"] == 4 and out["added"] == CONCEPTS and out["previous_release"] is None
+    assert out["concepts"] == 10 and out["added"] == CONCEPTS and out["previous_release"] is None
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["ingest"]  # no temp folder left
     folder = tmp_path / "work" / "ingest"
     assert sorted(p.name for p in folder.iterdir()) == ["blocklist.json", "diff.json"]
@@ -62,11 +63,11 @@ def test_a_valid_run_writes_the_blocklist_and_its_diff(tmp_path, monkeypatch):
 
 
 def test_the_diff_against_the_previous_release(tmp_path):
-    before = tmp_path / "before.yaml"  # the last release: Pip had another anchor, Bobo is gone, no frame yet
+    before = tmp_path / "before.yaml"  # the last release: Pip had another anchor, Moreau is gone, no frame yet
     data = yaml.safe_load(DEFAULT.read_text())
     data["concepts"] = [e for e in data["concepts"] if e["kind"] != "implicit"]
     data["concepts"][0]["anchor"] = "square"
-    data["concepts"].append({"concept": "Bobo", "kind": "instance"})
+    data["concepts"].append({"concept": "Moreau", "kind": "style"})
     for e in data["concepts"]:
         e["reference_images"] = [str(ROOT / "blocklists" / r) for r in e.get("reference_images", [])] or None
     before.write_text(yaml.safe_dump(data))
@@ -74,8 +75,8 @@ def test_the_diff_against_the_previous_release(tmp_path):
 
     out = ingest.run(load_params(_params(tmp_path, DEFAULT)))
     assert out["previous_release"] == "r1"
-    assert (out["added"], out["removed"], out["changed"]) == (["with a golden frame"], ["Bobo"], ["Pip"])
-    assert out["unchanged"] == ["the midnight lantern poster", "Vasquez"]  # the image compares by content
+    assert (out["added"], out["removed"], out["changed"]) == (["with a golden frame"], ["Moreau"], ["Pip"])
+    assert out["unchanged"] == CONCEPTS[2:]  # the image compares by content
     d = json.loads((tmp_path / "work" / "ingest" / "diff.json").read_text())
     assert d["previous_release"] == "r1" and d["added"] == ["with a golden frame"]
 
@@ -131,5 +132,5 @@ def test_the_stage_command_prints_a_one_line_summary(tmp_path):
     assert res.returncode == 0, res.stderr
     [line] = res.stdout.splitlines()
     summary = json.loads(line)
-    assert summary["stage"] == "ingest" and summary["concepts"] == 4 and summary["added"] == CONCEPTS
+    assert summary["stage"] == "ingest" and summary["concepts"] == 10 and summary["added"] == CONCEPTS
     assert (tmp_path / "work" / "ingest" / "diff.json").is_file()
