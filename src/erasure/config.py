@@ -159,9 +159,9 @@ RECIPES = {
                   "options": {"anchor_steps": 20, "anchor_images": 64}},
     "ca/memorized": {"rule": "embedding", "steps": 200, "lr": 1.0e-3, **_CA,
                      "options": {"anchor_steps": 20, "anchor_images": 64, "regularization": 1.0}},
-    "uce/style": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
+    "uce/style": {"options": {"context_prompts": 64, "preserve_prompts": 256}},
     "uce/instance": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
-    "uce/object": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
+    "uce/object": {"options": {"context_prompts": 64, "preserve_prompts": 128, "erase_scale": 2.0}},
     "uce/memorized": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
 }
 
