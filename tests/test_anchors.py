@@ -45,6 +45,16 @@ def test_miniworld_guidance_directions_pick_each_instances_class():
         assert "guidance-direction" in c.reason
 
 
+def test_the_anchors_stage_never_picks_a_concept_the_blocklist_also_erases():
+    from erasure.config import PipelineParams
+    from erasure.pipeline.anchors import choose_and_plan
+
+    entries = [{"concept": "star", "kind": "object"}, {"concept": "Diamond", "kind": "object"}]
+    chosen = choose_and_plan(PipelineParams(), entries)
+    for c in chosen.values():  # diamond is the star's closest object (0.84), and erased too
+        assert c["anchor"] not in ("star", "diamond") and not {"star", "diamond"} & set(c["scores"]), c
+
+
 @pytest.mark.parametrize("make", ["guidance", "text"])
 def test_embedders_give_repeatable_unit_vectors(tiny_pipeline_dir, make):
     from erasure.models import load_pipeline

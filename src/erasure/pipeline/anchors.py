@@ -32,9 +32,11 @@ def choose_and_plan(params: PipelineParams, entries: list[dict]) -> dict[str, di
 
     lazy_embed.kind = SIMILARITY_NAMES[params.anchors.similarity]
     chosen = {}
+    listed = {e["concept"].casefold() for e in entries}  # never onto a concept the list erases too
     for e in entries:
+        candidates = [c for c in params.anchors.candidates.get(e["kind"], []) if c.casefold() not in listed]
         c = choose(e["concept"], e["kind"], inputs.method_for(params, e), anchor=e.get("anchor"),
-                   paraphrases=e.get("paraphrases") or [], candidates=params.anchors.candidates.get(e["kind"], []),
+                   paraphrases=e.get("paraphrases") or [], candidates=candidates,
                    no_anchor_methods=params.anchors.none_for_methods, embed=lazy_embed)
         chosen[e["concept"]] = c.as_dict()
     from .erase import jobs_and_settings

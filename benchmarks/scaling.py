@@ -1,0 +1,318 @@
+"""How erasure holds up as the blocklist grows: k concepts in two orders and jointly, and night by night.
+
+    python benchmarks/scaling.py                                # UCE, k = 1, 3, 5, 10, 18 -> results/scaling.*
+    python benchmarks/scaling.py --ks 1,3,10 --modes sequential-a,joint --n 64
+    python benchmarks/scaling.py --method esd --ks 1,3        # a trained method (the miniworld recipes)
+    python benchmarks/scaling.py --report-only                  # tables and plots from the kept rows
+
+k concepts are the first k of one seeded draw of the miniworld's erasable concepts (nested: the 3 are
+among the 5), erased from the shipped model sequentially in the draw's order (sequential-a), in a second
+seeded order (sequential-b), and in one run (joint). Then the miniworld detector reads n images per
+probe (held-out caption templates, fixed seeds): each target's presence, each concept left on the list
+as a neighbour (its drop from the base model), and FID and drift on prompts that name no drawn concept.
+The continual scenario is sequential-a at k = --nights (10): one request a night, and after every night
+each earlier concept's presence (a night's release is the sequential run up to it: a phase depends
+only on the phases before it). Finished rows are kept in results/scaling.json (an interrupted run
+resumes); `--mlflow` logs each row to the project's tracking store as a run of experiment "scaling".
+
+The miniworld has 25 concepts (8 objects, 6 colours, 5 styles, 3 instances, 2 memorized images, the
+implicit frame); a blocklist names no colour kind, and UCE cannot erase the unnamed frame, so UCE draws
+from 18 and the largest k is 18 (trained methods: 19, with the frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from methods import Probes, _concepts, _key, _proc_mb  # noqa: E402  (the methods benchmark's probes)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("sequential-a", "sequential-b", "joint")
+
+
+def pool(method: str) -> list[dict]:
+    """The miniworld's concepts a blocklist can name (objects get their anchor per draw)."""
+    from erasure.miniworld.concepts import INSTANCES, MEMORIZED, OBJECTS, STYLES
+
+    out = [{"text": s, "kind": "style"} for s in STYLES]
+    out += [{"text": name, "kind": "instance", "anchor": inst.object} for name, inst in INSTANCES.items()]
+    out += [{"text": o, "kind": "object"} for o in OBJECTS]
+    out += [{"text": m.caption, "kind": "memorized", "paraphrases": list(m.paraphrases),
+             "reference_images": [f"@{key}"], "key": key} for key, m in MEMORIZED.items()]
+    if method != "uce":
+        out.append({"text": "with a golden frame", "kind": "implicit"})
+    return out
+
+
+def probe_of(c: dict) -> tuple:
+    """The card's probe for a concept (methods.Probes keys)."""
+    if c["kind"] == "memorized":
+        return ("memorized", c["key"])
+    if c["kind"] == "implicit":
+        return ("implicit-unnamed", "golden frame (not named)")
+    return (c["kind"], c["text"])
+
+
+def draw(method: str, k: int, seed: int, order: str) -> list[dict]:
+    everything = pool(method)
+    first = random.Random(seed).sample(everything, len(everything))[:k]
+    return first if order == "a" else random.Random(seed + 1).sample(first, k)
+
+
+def with_anchors(concepts: list[dict], pipe, method: str) -> list[dict]:
+    """Objects onto the closest object not drawn (guidance directions, as the pipeline's anchors stage)."""
+    from erasure.anchors import choose, guidance_embedder
+    from erasure.miniworld.concepts import OBJECTS
+
+    drawn = {c["text"] for c in concepts}
+    embed = guidance_embedder(pipe)
+    out = []
+    for c in concepts:
+        c = {k: v for k, v in c.items() if k != "key"}
+        if c["kind"] == "object":
+            c["anchor"] = choose(c["text"], "object", method, anchor=None, paraphrases=[],
+                                 candidates=[o for o in OBJECTS if o not in drawn], no_anchor_methods=["esd", "loss-max"],
+                                 embed=embed).anchor
+        out.append(c)
+    return out
+
+
+def settings_for(method: str, mode: str, concepts: list[dict]):
+    """The shipped params.yaml's recipe per kind (erasure.config.RECIPES, what the main job runs), else
+    the miniworld's (src/erasure/miniworld/recipes.py); one EraseSettings for the run."""
+    from erasure.config import RECIPES
+    from erasure.miniworld.recipes import recipe
+    from erasure.trainer import EraseSettings
+
+    overrides = []
+    for c in concepts:
+        r = RECIPES.get(f"{method}/{c['kind']}") or recipe(method, c["kind"])
+        overrides.append({k: v for k, v in r.items() if k in ("rule", "steps", "lr", "batch_size", "pool_size",
+                                                               "options")})
+    settings = EraseSettings(method=method, mode="joint" if mode == "joint" else "sequential", seed=0,
+                             checkpoint_every=1000)
+    return settings, overrides
+
+
+class Quality:
+    """FID (the miniworld detector's features, to the world's true renders) and drift on generic prompts."""
+
+    def __init__(self, n: int, base_pipe):
+        self.n = n
+        self.base = {}
+        self.base_pipe = base_pipe
+
+    def images(self, pipe, blocked: set[str]):
+        from erasure.miniworld import probes
+        from erasure.sampling import generate
+
+        prompts, seeds, _ = probes.generic(self.n, 0, blocked)
+        return generate(pipe, prompts, seeds, steps=25, guidance=5.0, progress=False)
+
+    def measure(self, pipe, blocked: set[str], erased: set[str]) -> dict:
+        from erasure.evaluate import drift
+        from erasure.judges.miniworld import MiniworldJudge
+        from erasure.miniworld import probes
+
+        judge = MiniworldJudge()
+        key = ",".join(sorted(blocked))
+        if key not in self.base:
+            self.base[key] = self.images(self.base_pipe, blocked)
+        before, after = self.base[key], self.images(pipe, blocked)
+        real = probes.generic(self.n, 0, blocked)[2]
+        return {"fid_base": judge.fid(real, before), "drift": drift(before, after),
+                "fid": judge.fid(probes.promised_renders(self.n, 0, blocked, erased), after)}
+
+
+def run_row(method: str, mode: str, k: int, args, probes: Probes, base: dict, quality: Quality) -> dict:
+    from erasure.models import load_pipeline
+    from erasure.trainer import erase, plan
+
+    Path("/proc/self/clear_refs").write_text("5")  # this row's own memory peak
+    pipe = load_pipeline()
+    drawn = draw(method, k, args.seed, "b" if mode == "sequential-b" else "a")
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "erasure-scaling" / f"{method}-{mode}-{k}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = with_anchors(drawn, pipe, method)
+    concepts = _concepts({"concepts": spec}, workdir)
+    settings, overrides = settings_for(method, mode, spec)
+    jobs = plan(concepts, settings, overrides=overrides)
+    targets = [probe_of(c) for c in drawn]
+    left = [probe_of(c) for c in pool(method) if c["text"] not in {d["text"] for d in drawn}]
+    nights = []
+    continual = mode == "sequential-a" and k == args.nights
+
+    def on_phase_end(i, done):  # the continual scenario: every target so far, after each night
+        if continual:
+            nights.append({"night": i + 1, "after": probes.measure(pipe, targets[:i + 1])})
+        return {}
+
+    t0 = time.time()
+    res = erase(pipe, jobs, settings, workdir / "run", None, progress=False, on_phase_end=on_phase_end)
+    wall = time.time() - t0
+    after = probes.measure(pipe, targets + left)
+    blocked = {c.text for c in concepts}
+    q = quality.measure(pipe, blocked, blocked)
+    drops = {_key(p): base[_key(p)] - after[_key(p)] for p in left}
+    worst = max(drops, key=drops.get) if drops else None
+    return {"method": method, "mode": mode, "k": k, "concepts": [c.text for c in concepts],
+            "anchors": {c["text"]: c.get("anchor") for c in spec},
+            "targets": {_key(p): after[_key(p)] for p in targets},
+            "targets_before": {_key(p): base[_key(p)] for p in targets},
+            "neighbours": {_key(p): after[_key(p)] for p in left}, "worst_neighbour": worst,
+            "worst_neighbour_drop": drops[worst] if worst else None, **q,
+            "seconds": round(wall, 1), "seconds_per_concept": round(wall / k, 2), "steps": res.steps_run,
+            "peak_rss_mb": round(_proc_mb("VmHWM")), "nights": nights}
+
+
+def report(rows: list[dict], n: int) -> str:
+    lines = ["# Erasure as the blocklist grows (miniworld)", "",
+             f"Generated by `python benchmarks/scaling.py`: {n} images per probe (held-out templates, DDIM 25, "
+             "guidance 5), miniworld detector, 2-core CPU. Targets: the largest presence of any drawn concept "
+             "(mean in brackets); neighbour: the largest drop of a concept left off the list; FID on generic "
+             "prompts to the world's renders (base model in brackets); time: the erase call (per concept).", "",
+             "| method | mode | k | worst target (mean) | worst neighbour drop | FID (base) | drift | s | s/concept | "
+             "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["method"], r["k"], MODES.index(r["mode"]))):
+        t = list(r["targets"].values())
+        nb = f"{r['worst_neighbour_drop']:+.2f} ({r['worst_neighbour'].split(':', 1)[1]})" if r["worst_neighbour"] else "-"
+        lines.append(f"| {r['method']} | {r['mode']} | {r['k']} | {max(t):.2f} ({np.mean(t):.2f}) | {nb} | "
+                     f"{r['fid']:.3f} ({r['fid_base']:.3f}) | {r['drift']:.3f} | {r['seconds']} | "
+                     f"{r['seconds_per_concept']} | {r['peak_rss_mb']} |")
+    by = {(r["method"], r["k"]): {} for r in rows}
+    for r in rows:
+        by[(r["method"], r["k"])][r["mode"]] = r
+    lines += ["", "Order: the largest difference of a target's presence between the two sequential orders", ""]
+    for (m, k), modes in sorted(by.items()):
+        if {"sequential-a", "sequential-b"} <= set(modes) and k > 1:
+            a, b = modes["sequential-a"]["targets"], modes["sequential-b"]["targets"]
+            lines.append(f"- {m}, k = {k}: {max(abs(a[c] - b[c]) for c in a):.2f}")
+    for r in rows:
+        if r["nights"]:
+            lines += ["", f"Continual ({r['method']}, one request a night): each earlier concept's presence "
+                      "after every night", ""]
+            for nt in r["nights"]:
+                lines.append(f"- night {nt['night']}: " + ", ".join(f"{c.split(':', 1)[1]} {v:.2f}"
+                                                                    for c, v in nt["after"].items()))
+    for r in rows:
+        lines += ["", f"{r['method']} {r['mode']} k = {r['k']}: " + ", ".join(
+            f"{c} ({r['anchors'][c]})" if r["anchors"].get(c) else c for c in r["concepts"])]
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
+    for (m, mode) in sorted({(r["method"], r["mode"]) for r in rows}):
+        rs = sorted((r for r in rows if (r["method"], r["mode"]) == (m, mode)), key=lambda r: r["k"])
+        ks = [r["k"] for r in rs]
+        a.plot(ks, [max(r["targets"].values()) for r in rs], "o-", label=f"{m} {mode}")
+        b.plot(ks, [r["worst_neighbour_drop"] or 0 for r in rs], "o-", label=f"{m} {mode}")
+    a.set(xlabel="concepts erased (k)", ylabel="worst target presence", title="efficacy", ylim=(-0.02, 1.02))
+    b.set(xlabel="concepts erased (k)", ylabel="worst neighbour drop", title="retention of the rest")
+    for ax in (a, b):
+        ax.axhline(0.10, color="grey", ls=":")
+        ax.legend(fontsize=7)
+    for r in rows:
+        if r["nights"]:
+            names = list(r["nights"][-1]["after"])
+            for cpt in names:
+                xs = [nt["night"] for nt in r["nights"] if cpt in nt["after"]]
+                c.plot(xs, [nt["after"][cpt] for nt in r["nights"] if cpt in nt["after"]], "o-",
+                       label=cpt.split(":", 1)[1][:18])
+            c.set(xlabel="night", ylabel="presence", title=f"continual ({r['method']}): earlier concepts",
+                  ylim=(-0.02, 1.02))
+            c.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def log_mlflow(rec: dict) -> None:
+    import mlflow
+
+    root = Path(__file__).resolve().parent.parent
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    mlflow.set_experiment("scaling")
+    with mlflow.start_run(run_name=f"{rec['method']}-{rec['mode']}-k{rec['k']}"):
+        mlflow.log_params({"method": rec["method"], "mode": rec["mode"], "k": rec["k"]})
+        mlflow.log_metrics({"worst_target": max(rec["targets"].values()), "mean_target": float(np.mean(
+            list(rec["targets"].values()))), "worst_neighbour_drop": rec["worst_neighbour_drop"] or 0.0,
+            "fid": rec["fid"], "fid_base": rec["fid_base"], "drift": rec["drift"], "seconds": rec["seconds"],
+            "seconds_per_concept": rec["seconds_per_concept"], "peak_rss_mb": rec["peak_rss_mb"]})
+        for nt in rec["nights"]:
+            mlflow.log_metric("worst_earlier_target", max(nt["after"].values()), step=nt["night"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", default="uce")
+    ap.add_argument("--ks", default="1,3,5,10,18")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nights", type=int, default=10, help="the continual scenario: sequential-a at this k")
+    ap.add_argument("--mlflow", action="store_true")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.ks = [int(k) for k in args.ks.split(",")]
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    RESULTS.mkdir(exist_ok=True)
+    store = RESULTS / "scaling.json"
+    kept = json.loads(store.read_text()) if store.exists() else {}
+    if kept.get("n") != args.n:
+        kept = {"n": args.n, "rows": {}, "base": {}}
+    if not args.report_only:
+        from erasure.models import load_pipeline
+
+        largest = len(pool(args.method))
+        if max(args.ks) > largest:
+            raise SystemExit(f"--ks: at most {largest} concepts for {args.method!r} on the miniworld (see the docstring)")
+        probes = Probes(args.n)
+        needed = [probe_of(c) for c in pool(args.method)]
+        missing = [p for p in needed if _key(p) not in kept["base"]]
+        base_pipe = load_pipeline()
+        if missing:
+            print(f"base model: {len(missing)} probes x {args.n} images", flush=True)
+            kept["base"].update(probes.measure(base_pipe, missing))
+            store.write_text(json.dumps(kept, indent=1))
+        quality = Quality(args.n, base_pipe)
+        for k in args.ks:
+            for mode in args.modes.split(","):
+                name = f"{args.method}-{mode}-{k}"
+                if name in kept["rows"] or (k == 1 and mode != "sequential-a"):  # one concept: one run
+                    continue
+                t0 = time.time()
+                rec = run_row(args.method, mode, k, args, probes, kept["base"], quality)
+                kept["rows"][name] = rec
+                store.write_text(json.dumps(kept, indent=1))
+                if args.mlflow:
+                    log_mlflow(rec)
+                print(f"{name}: {time.time() - t0:.0f} s; worst target {max(rec['targets'].values()):.2f}, "
+                      f"worst neighbour drop {rec['worst_neighbour_drop']}, FID {rec['fid']:.3f} "
+                      f"(base {rec['fid_base']:.3f}), erase {rec['seconds']} s", flush=True)
+    rows = list(kept["rows"].values())
+    text = report(rows, kept["n"])
+    (RESULTS / "scaling.md").write_text(text)
+    plots(rows, RESULTS / "scaling.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
