@@ -103,6 +103,12 @@ def test_uce_recipes_refuse_a_schedule_and_mix_with_trained_methods_in_joint_run
     with pytest.raises(ValueError, match="appears unnamed"):
         plan([Concept(text="cup", kind="implicit")], EraseSettings(method="uce"))
     dog = Concept(text="dog", kind="style")
+    # One solve: per-concept preservation counts may differ (the shipped recipes' do), lamb may not,
+    # and that is refused when the run is planned, before any work
+    joint = EraseSettings(method="uce", mode="joint")
+    plan([cat, dog], joint, overrides=[{"options": {"preserve_prompts": 256}}, {"options": {"preserve_prompts": 8}}])
+    with pytest.raises(ValueError, match="one solve must share"):
+        plan([cat, dog], joint, overrides=[{"options": {"lamb": 0.5}}, {}])
     settings = EraseSettings(mode="joint", options={"uce": {"context_prompts": 0, "preserve_prompts": 4},
                                                     "esd": {"ddim_steps": 2}}, steps=2, pool_size=2, batch_size=1)
     jobs = plan([cat, dog], settings, methods=["uce", "esd"])

@@ -168,6 +168,10 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         if len(keys) > 1:
             raise ValueError("joint mode trains every concept with one optimizer: lr, batch size and weight decay "
                              f"must agree across concepts (got {sorted(keys)}); set them in the settings")
+        for name in dict.fromkeys(j.method for j in jobs if closed_form(j.method)):  # one solve per method
+            check = getattr(method_registry.get(name), "check_joint", None)
+            if check is not None:
+                check([j.options for j in jobs if j.method == name])
     return jobs
 
 

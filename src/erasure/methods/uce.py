@@ -67,6 +67,15 @@ class UCE:
             raise ConceptError(f"concept {concept.text!r} ({concept.kind}): UCE remaps what prompts naming a "
                                "concept read; an attribute that appears unnamed needs a trained method (esd, ca)")
 
+    def check_joint(self, options: list[UCEOptions]) -> None:
+        """Concepts solved together (a joint run, or one phase) share the solve's own options."""
+        own = {"erase_scale", "context_prompts", "tokens", "preserve_prompts"}  # per concept
+        for o in options[1:]:
+            if o.model_dump(exclude=own) != options[0].model_dump(exclude=own):
+                raise ValueError("UCE concepts erased in one solve must share preserve_scale, lamb, projections, "
+                                 "preserve_erased and preserve_fragile (erase_scale, context_prompts, tokens and "
+                                 "preserve_prompts may differ)")
+
     def needs_frozen(self, options: UCEOptions) -> bool:
         return False
 
@@ -82,12 +91,9 @@ class UCE:
              gen: torch.Generator) -> int:
         """Edit the UNet's cross-attention projections in place for all `concepts` at once; returns
         the number of erase vectors. `earlier`: concepts erased by previous phases of the run."""
-        options = concepts[0][1]
-        for _, o in concepts[1:]:
-            if o.model_dump(exclude={"erase_scale", "context_prompts", "tokens"}) != \
-                    options.model_dump(exclude={"erase_scale", "context_prompts", "tokens"}):
-                raise ValueError("UCE concepts erased in one solve must share preserve_scale, lamb, projections, "
-                                 "preserve_prompts and preserve_erased")
+        self.check_joint([o for _, o in concepts])
+        # One preservation set for the solve: as many ordinary captions as the concept that asks most.
+        options = concepts[0][1].model_copy(update={"preserve_prompts": max(o.preserve_prompts for _, o in concepts)})
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         sources, targets, scales = [], [], []
         run = tuple(dict.fromkeys([*(c.text for c, _ in concepts), *(c.text for c in earlier)]))
