@@ -225,8 +225,8 @@ def _evaluate_outputs(project: Path, pip_after: float) -> None:
                    track=False)
     job = lambda text, steps: SimpleNamespace(steps=steps, concept=SimpleNamespace(text=text))  # noqa: E731
     (project / "work" / "erase").mkdir(exist_ok=True)
-    (project / "work" / "erase" / "losses.json").write_text(erase._losses([job("Pip", 2), job("Vasquez", 3)],
-                                                                          "sequential", [0.5, 0.4, 0.3]))
+    (project / "work" / "erase" / "losses.json").write_text(erase._losses([[job("Pip", 2)], [job("Vasquez", 3)]],
+                                                                          [0.5, 0.4, 0.3]))
 
 
 def test_loss_records_name_phase_and_concept_and_count_cached_steps():
@@ -234,14 +234,15 @@ def test_loss_records_name_phase_and_concept_and_count_cached_steps():
 
     job = lambda text, steps: SimpleNamespace(steps=steps, concept=SimpleNamespace(text=text))  # noqa: E731
     jobs = [job("Pip", 2), job("Vasquez", 3)]
+    sequential, joint = [[j] for j in jobs], [jobs]
     # Pip's phase came from the phase cache: the losses are Vasquez's, at steps 2..4.
-    assert json.loads(_losses(jobs, "sequential", [0.5, 0.4, 0.3])) == [
+    assert json.loads(_losses(sequential, [0.5, 0.4, 0.3])) == [
         {"step": 2, "phase": 1, "concept": "Vasquez", "loss": 0.5}, {"step": 3, "phase": 1, "concept": "Vasquez", "loss": 0.4},
         {"step": 4, "phase": 1, "concept": "Vasquez", "loss": 0.3}]
-    assert [(r["step"], r["phase"], r["concept"]) for r in json.loads(_losses(jobs, "sequential", [1.0] * 5))] == [
+    assert [(r["step"], r["phase"], r["concept"]) for r in json.loads(_losses(sequential, [1.0] * 5))] == [
         (0, 0, "Pip"), (1, 0, "Pip"), (2, 1, "Vasquez"), (3, 1, "Vasquez"), (4, 1, "Vasquez")]
-    assert {r["concept"] for r in json.loads(_losses(jobs, "joint", [1.0] * 5))} == {"Pip + Vasquez"}
-    assert json.loads(_losses(jobs, "sequential", [])) == []
+    assert {r["concept"] for r in json.loads(_losses(joint, [1.0] * 5))} == {"Pip + Vasquez"}
+    assert json.loads(_losses(sequential, [])) == []
 
 
 def test_dvc_metrics_params_and_plots_diff_against_a_commit(tmp_path):

@@ -17,7 +17,7 @@ from ..codehash import code_hash
 from ..config import PipelineParams
 from ..io import atomic_dir
 from .. import worlds
-from ..trainer import TRAINING_CODE, EraseSettings, erase, phase_files, plan
+from ..trainer import TRAINING_CODE, EraseSettings, erase, phase_files, phases_of, plan
 from . import inputs
 
 
@@ -69,6 +69,7 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
                        model_spec=params.model, base_hash=base_hash, progress=progress, stop_after=stop_after,
                        phase_cache=params.paths.cache / "phases")
         summary = {"concepts": [j.concept.text for j in jobs], "mode": settings.mode,
+                   "phases": [[j.concept.text for j in ph] for ph in phases_of(jobs, settings)],
                    "jobs": [j.describe() | {"concept": j.concept.text} for j in jobs],
                    "steps_run": result.steps_run, "phases_from_cache": result.phases_from_cache,
                    "trainable_params": result.trainable_params, "history": result.history}
@@ -83,7 +84,7 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
             (tmp / "timing.json").write_text(json.dumps(timing, indent=1, sort_keys=True))
             # For `dvc plots` (loss vs step): the phases this run trained, not those from the phase cache;
             # kept out of train.json, which DVC and releases hash.
-            (tmp / "losses.json").write_text(_losses(jobs, settings.mode, result.losses))
+            (tmp / "losses.json").write_text(_losses(phases_of(jobs, settings), result.losses))
             # The generic prompts' images after each phase but the last (evaluate draws the last):
             # evaluate measures what each phase cost on prompts naming no concept.
             np.savez_compressed(tmp / "phase_images.npz", **phase_images(params, jobs, settings, base_hash))
@@ -115,11 +116,10 @@ def phase_images(params: PipelineParams, jobs, settings, base_hash: str) -> dict
     return out
 
 
-def _losses(jobs, mode: str, losses: list[float]) -> str:
+def _losses(phases, losses: list[float]) -> str:
     """[{"step", "phase", "concept", "loss"}, ...], one line each. `losses` holds the steps of the last
     phases (those before came from the phase cache): matched to phases from the end; `step` counts
     every phase's steps, cached ones included, so a partly cached run plots at the same x."""
-    phases = [jobs] if mode == "joint" else [[j] for j in jobs]  # as erasure.trainer.erase groups them
     starts = [sum(j.steps for p in phases[:k] for j in p) for k in range(len(phases) + 1)]
     first = starts[-1] - len(losses)
     rows = []

@@ -123,7 +123,10 @@ def _phases(params: PipelineParams, after: np.ndarray) -> list[dict]:
     """Each phase's generic images (the erase stage's phase_images.npz, the final model's for the last),
     with the concepts it erased and every concept erased up to it."""
     train = inputs.read_json(params.paths.stage("erase") / "train.json", "erase")
-    groups = [train["concepts"]] if train["mode"] == "joint" else [[c] for c in train["concepts"]]
+    if "phases" not in train:
+        raise inputs.StageInputError(f"{params.paths.stage('erase') / 'train.json'}: no 'phases' (written by an "
+                                     "older erase stage); rerun the 'erase' stage")
+    groups = train["phases"]  # as the trainer ran them (erasure.trainer.phases_of)
     path = params.paths.stage("erase") / "phase_images.npz"
     if not path.is_file():
         raise inputs.StageInputError(f"{path}: missing; run the 'erase' stage first")
