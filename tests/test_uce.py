@@ -119,9 +119,9 @@ def test_uce_recipes_refuse_a_schedule_and_mix_with_trained_methods_in_joint_run
 
 
 def test_sequential_uce_does_not_depend_on_the_order_the_concepts_arrived(tiny_pipeline_dir, tmp_path):
-    """Three concepts erased one after another in two orders: each closed-form phase solves every
-    concept so far from where the trained phases left the model, so both end in the same weights,
-    and each concept's erase vectors moved toward their anchors' outputs (1: untouched, 0: there)."""
+    """Three concepts erased one after another in two orders: closed-form phases run in the order of
+    their concepts' names (erasure.trainer.phases_of), so both end in the same weights, and each
+    concept's erase vectors moved toward their anchors' outputs (1: untouched, 0: there)."""
     from erasure.editable import EditableModel
     from erasure.methods.base import Bench
 
@@ -145,17 +145,16 @@ def test_sequential_uce_does_not_depend_on_the_order_the_concepts_arrived(tiny_p
         return out, {n: m.weight.detach().clone() for n, m in projections(pipe.unet, "kv")}
 
     (forward, w_forward), (backward, w_backward) = moved(concepts), moved(concepts[::-1])
-    assert all(forward[c] < 0.9 for c in forward), forward  # each concept did move
-    assert max(abs(forward[c] - backward[c]) for c in forward) <= 1e-4, (forward, backward)
-    # the same solve, its rows summed in another order
-    assert max(float((w_forward[n] - w_backward[n]).abs().max()) for n in w_forward) < 1e-6
+    assert all(forward[c] < 0.95 for c in forward), forward  # each concept did move (1: untouched)
+    assert forward == backward and all(torch.equal(w_forward[n], w_backward[n]) for n in w_forward)
 
 
 def test_a_sequential_run_trains_before_it_solves_so_the_arrival_order_gives_the_same_weights(tiny_pipeline_dir,
                                                                                                tmp_path):
     """Trained phases run first, closed-form ones after (erasure.trainer.phases_of): a trained concept
     that arrived after a closed-form one gives the weights of the other order, bit for bit; adding it
-    to a cached closed-form run re-solves that phase (no training) and trains only the new concept."""
+    to a cached closed-form run re-solves that phase (no training) and trains only the new concept;
+    a closed-form concept that sorts before a cached one re-solves that one."""
     from safetensors.torch import load_file
 
     from erasure.trainer import phases_of
@@ -181,11 +180,11 @@ def test_a_sequential_run_trains_before_it_solves_so_the_arrival_order_gives_the
     assert phases == ["red", "cat"] and other.phases_from_cache == 2  # the same phases: found whole
     a, b = load_file(str(tmp_path / "cat-red.safetensors")), load_file(str(tmp_path / "red-cat.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # a third concept: its solve (with cat's) starts from red's cached phase, as a run from scratch does
-    tree = Concept(text="tree", kind="object", anchor="car")
-    method["tree"] = "uce"
-    phases, third = run([red, cat, tree], "red-cat-tree")
-    assert phases == ["red", "cat", "tree"] and third.phases_from_cache == 2 and third.steps_run == 0
-    run([red, cat, tree], "scratch", cache="empty")
-    a, b = load_file(str(tmp_path / "red-cat-tree.safetensors")), load_file(str(tmp_path / "scratch.safetensors"))
+    # a third concept, closed-form, sorting before cat: red's phase from the cache, then both solves
+    apple = Concept(text="apple", kind="object", anchor="car")
+    method["apple"] = "uce"
+    phases, third = run([red, cat, apple], "red-cat-apple")
+    assert phases == ["red", "apple", "cat"] and third.phases_from_cache == 1 and third.steps_run == 0
+    run([apple, cat, red], "scratch", cache="empty")
+    a, b = load_file(str(tmp_path / "red-cat-apple.safetensors")), load_file(str(tmp_path / "scratch.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -134,6 +134,8 @@ class AnchorParams(_Section):
 class GenerateParams(_Section):
     images_per_probe: int = Field(24, gt=0)  # evaluation images per prompt set
     generic_images: int = Field(64, gt=0)  # prompts naming no blocklisted concept: drift and FID
+    # Of those, drawn after each sequential phase too (which phase cost the most); 0: all of them.
+    phase_images: int = Field(16, ge=0)
     steps: int = Field(20, gt=0)  # DDIM steps
     guidance: float = Field(5.0, ge=0)
     batch_size: int = Field(64, gt=0)

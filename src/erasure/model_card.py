@@ -225,13 +225,18 @@ def _quality(g: dict) -> list[str]:
     ref = ("FID on the detector's features against the world's true renders (the base model against the world "
            "as it is, each phase's model against it with the concepts erased so far absent)" if "fid_base" in g
            else "FID on CLIP features against the base model's images")
-    out = ["", f"Quality on {g.get('n_generic', '?')} generic prompts that name no blocklisted concept: {ref}; "
-           "drift is the mean absolute pixel change from the base model at the same prompts and seeds.", "",
-           "| after phase | concepts | FID | drift |", "|---|---|---|---|"]
+    n = g.get("n_generic", "?")
+    out = ["", f"Quality on {n} generic prompts that name no blocklisted concept: {ref}; drift is the mean "
+           "absolute pixel change from the base model at the same prompts and seeds. After each phase, on the "
+           "first of those prompts (FID grows as the prompts get fewer: compare phases with each other).", "",
+           "| after phase | concepts | prompts | FID | drift |", "|---|---|---|---|---|"]
     if "fid_base" in g:
-        out.append(f"| (base model) | | {g['fid_base']:.3f} | 0.000 |")
-    out += [f"| {ph['phase'] + 1} | {_cell(', '.join(ph['concepts']))} | {ph['fid']:.3f} | {ph['drift']:.3f} |"
-            for ph in g["phases"]]
+        out.append(f"| (base model) | | {n} | {g['fid_base']:.3f} | 0.000 |")
+    final = g.get("fid_erased", g.get("fid_to_base"))
+    if final is not None:
+        out.append(f"| (release) | all | {n} | {final:.3f} | {g.get('generic_drift', 0.0):.3f} |")
+    out += [f"| {ph['phase'] + 1} | {_cell(', '.join(ph['concepts']))} | {ph.get('n', n)} | {ph['fid']:.3f} | "
+            f"{ph['drift']:.3f} |" for ph in g["phases"]]
     if g.get("costliest_phase"):
         ph = g["costliest_phase"]
         out += ["", f"The phase that cost the most: {ph['phase'] + 1} ({_cell(', '.join(ph['concepts']))}), "

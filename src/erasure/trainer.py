@@ -168,11 +168,10 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         if len(keys) > 1:
             raise ValueError("joint mode trains every concept with one optimizer: lr, batch size and weight decay "
                              f"must agree across concepts (got {sorted(keys)}); set them in the settings")
-    # Either mode ends in one solve per closed-form method over all its concepts (phases_of, erase)
-    for name in dict.fromkeys(j.method for j in jobs if closed_form(j.method)):
-        check = getattr(method_registry.get(name), "check_joint", None)
-        if check is not None:
-            check([j.options for j in jobs if j.method == name])
+        for name in dict.fromkeys(j.method for j in jobs if closed_form(j.method)):  # one solve per method
+            check = getattr(method_registry.get(name), "check_joint", None)
+            if check is not None:
+                check([j.options for j in jobs if j.method == name])
     return jobs
 
 
@@ -236,30 +235,11 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     keep_base = any(getattr(j.options, "preserve_prompts", 0) and getattr(j.options, "preserve_from", None) == "base"
                     for p in phases[1:] for j in p)
     pristine: dict[str, torch.Tensor] = {}
-    # Sequential closed-form phases each solve every closed-form concept so far at once, from the
-    # weights the trained phases left (`solve_start`): the run ends in one solve of them all,
-    # whatever order they came in (phases_of).
-    first_solve = next((k for k, p in enumerate(phases) if settings.mode == "sequential"
-                        and all(closed_form(j.method) for j in p)), None)
-    solve_names = {f"unet.{n}" for p in phases[first_solve or 0:] for j in p if closed_form(j.method)
-                   for n in select_unet(pipe.unet, j.rule)} if first_solve is not None else set()
-    solve_start: dict[str, torch.Tensor] | None = None
-    start_file = workdir / "phases" / "solve-start.safetensors"
     if phase_cache is not None and not (workdir / "checkpoint").exists():
         for k in reversed(range(len(phases))):  # the longest prefix whose file is sound
             found = _cached_phase(Path(phase_cache) / f"{keys[k]}.safetensors")
-            before = None
-            if found is not None and first_solve is not None and k >= first_solve > 0:
-                # the solves start where the last trained phase ended: its file must be sound too
-                before = _cached_phase(Path(phase_cache) / f"{keys[first_solve - 1]}.safetensors")
-                if before is None:
-                    continue
             if found is not None:
                 cached, (tensors, meta) = k, found
-                if first_solve is not None and k >= first_solve:  # base values, but what trained phases wrote
-                    unet = dict(pipe.unet.named_parameters())
-                    solve_start = {n: (before[0][n] if before and n in before[0] else unet[n.split(".", 1)[1]])
-                                   .detach().cpu().clone() for n in sorted(solve_names)}
                 break
         if cached is not None:  # into the plain pipeline, before any wrapper takes its copy
             if keep_base:  # the base values these cached phases overwrite
@@ -289,8 +269,6 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     state = {"phase": 0, "step": 0, "history": [], "losses": []}
     if ckpt.exists():  # weights go in before prepare: DeepSpeed takes its own copy there
         state = load_checkpoint(ckpt, {"model": trainable}, None)["extra"]
-        if first_solve is not None and state["phase"] > first_solve:
-            solve_start = load_file(str(start_file))
     elif cached is not None:
         state.update(phase=cached + 1, history=meta["params"]["history"])
         result.phases_from_cache = cached + 1
@@ -317,14 +295,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         t0 = time.time()
         solved = [j for j in phase if closed_form(j.method)]
         if solved and not resuming:  # a resumed phase's checkpoint already holds the solve
-            if k == first_solve and solve_start is None:
-                with _gathered([trainable[n] for n in sorted(solve_names)]):
-                    solve_start = {n: trainable[n].detach().cpu().clone() for n in sorted(solve_names)}
-            if first_solve is not None:
-                if not start_file.exists():  # a run resumed from its checkpoint after this phase needs it
-                    _save_main(accelerator, lambda p: save_safetensors(solve_start, p), start_file)
-                solved = [j for p in phases[first_solve:k + 1] for j in p]
-            _edit_closed_form(bench, solved, (settings.seed, k, "closed-form"), model, start=solve_start)
+            _edit_closed_form(bench, solved, (settings.seed, k, "closed-form"), model)
         trained = [j for j in phase if not closed_form(j.method)]
         pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
                        (settings.seed, k, i), accelerator) for i, j in enumerate(trained)]
@@ -391,17 +362,19 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
 
 def phases_of(jobs: list[Job], settings: EraseSettings) -> list[list[Job]]:
     """The run's phases: all jobs at once (joint), or one per concept (sequential): the trained ones
-    in the order they came, then the closed-form ones in theirs.
+    in the order they came, then the closed-form ones in the order of their concepts' names.
 
-    Why that order: a closed-form edit keeps its preservation set's outputs as it finds the model, and
-    keeps earlier targets erased (UCE's preserve_erased), so closed-form phases hardly depend on their
-    order; a trained phase after them would move those outputs again (the ten-concept default reversed,
-    the frame's CA after the lantern's UCE, cost the other memorized image 0.25). Adding a trained
-    concept then re-solves the closed-form phases after it (seconds each); adding a closed-form one
-    trains nothing before it."""
+    Why: a trained phase after a closed-form edit moves the outputs that edit preserved (the
+    ten-concept default reversed ran the frame's CA after the lantern's UCE and cost the other
+    memorized image 0.25), and a chain of solves depends on its order (each holds the earlier
+    targets, but softly). Closed-form phases take seconds, so they can afford a fixed order: the run
+    ends in the same weights whatever order the requests came in. Adding a trained concept re-solves
+    the closed-form phases after it, and a closed-form one those that sort after it; neither trains
+    anything it did not."""
     if settings.mode == "joint":
         return [jobs]
-    return [[j] for j in jobs if not closed_form(j.method)] + [[j] for j in jobs if closed_form(j.method)]
+    solved = sorted((j for j in jobs if closed_form(j.method)), key=lambda j: (j.concept.text.casefold(), j.concept.text))
+    return [[j] for j in jobs if not closed_form(j.method)] + [[j] for j in solved]
 
 
 def phase_files(phase_cache: Path, base_hash: str, settings: EraseSettings, jobs: list[Job]) -> list[Path]:
@@ -476,18 +449,13 @@ def _base_values(model: EditableModel, trainable: dict[str, torch.Tensor],
     return out
 
 
-def _edit_closed_form(bench: Bench, jobs: list[Job], seed_parts: tuple, model: EditableModel,
-                      start: dict[str, torch.Tensor] | None = None) -> None:
-    """One solve for every closed-form job given (UCE), on the weights as the phase finds them, or
-    from `start`'s values of the tensors it holds (by trainable name)."""
+def _edit_closed_form(bench: Bench, jobs: list[Job], seed_parts: tuple, model: EditableModel) -> None:
+    """One solve for every closed-form job of a phase (UCE), on the weights as the phase finds them."""
     gen = torch.Generator().manual_seed(_seed(*seed_parts))
     by_method: dict[str, list[Job]] = {}
     for j in jobs:
         by_method.setdefault(j.method, []).append(j)
     with _gathered(list(model.unet_trainable.values()), modify=True):
-        if start is not None:
-            params = dict(model.named_parameters())  # this phase trains nothing: none requires grad now
-            _copy_into(params, {n: v.to(params[n].device, params[n].dtype) for n, v in start.items()})
         for name, group in by_method.items():
             method_registry.get(name).edit(bench, [(j.concept, j.options) for j in group], bench.run_concepts, gen)
 

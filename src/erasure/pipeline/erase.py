@@ -92,9 +92,9 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
 
 
 def phase_images(params: PipelineParams, jobs, settings, base_hash: str) -> dict[str, np.ndarray]:
-    """{phase index: uint8 images of the generic prompts} for every phase of a sequential run but
-    the last, drawn like the generate stage's (its dtype, device, sampler) from the phase cache's
-    deltas, through the image cache (a rerun draws only phases it has not seen)."""
+    """{phase index: uint8 images of the first generate.phase_images generic prompts} for every phase
+    of a sequential run but the last, drawn like the generate stage's (its dtype, device, sampler) from
+    the phase cache's deltas, through the image cache (a rerun draws only phases it has not seen)."""
     from ..delta import apply_delta, load_delta
     from ..io import digest_problem
     from .generate import base_model, image_cache
@@ -103,6 +103,8 @@ def phase_images(params: PipelineParams, jobs, settings, base_hash: str) -> dict
     if not files:
         return {}
     prompts, seeds, _ = worlds.generic(params, {e["concept"] for e in inputs.entries(params)})
+    m = min(params.generate.phase_images or len(prompts), len(prompts))  # evaluate measures each phase on these
+    prompts, seeds = prompts[:m], seeds[:m]
     pipe, _ = base_model(params)
     out = {}
     for k, path in enumerate(files):

@@ -82,31 +82,36 @@ def evaluate_generic(params: PipelineParams, pipe, cache, panel) -> dict:
     the erased model's against the world as the release promises it (an erased implicit attribute
     absent: drawing it no longer is what the model should do); else FID and KID between the base and
     the erased model's images and their CLIP scores, on the quality CLIP (evaluate.clip.model). The
-    same after each phase of a sequential run (`phases`), and the phase that cost the most."""
+    same after each phase of a sequential run (`phases`, on the first generate.phase_images prompts,
+    the base model's FID and the last phase's too), and the phase that cost the most."""
     from ..evaluate import drift
 
     folder = params.paths.stage("generate") / GENERIC
     record = inputs.read_json(folder / "probes.json", "generate")
     data = np.load(folder / "before.npz")
     after = cache.images(pipe, record["prompts"], record["seeds"], desc="generic prompts")
+    erased = {e["concept"] for e in inputs.entries(params)}
     phases = _phases(params, after)
-    quality = _quality(params, panel, data, [ph["images"] for ph in phases], [ph["erased"] for ph in phases])
+    m = len(phases[-1]["images"])  # the prompts every phase drew
+    whole = _quality(params, panel, data, [after], [erased])
+    each = _quality(params, panel, {k: data[k][:m] for k in data.files}, [ph["images"] for ph in phases],
+                    [ph["erased"] for ph in phases])
     out = {"generic_drift": drift(data["generic"], after), "n_generic": len(after)}
     if "real" in data:
-        out |= {"fid_base": quality["fid_base"], "fid_erased": quality["fid"][-1],
-                "fid_ratio": quality["fid"][-1] / max(quality["fid_base"], 1e-12)}
+        out |= {"fid_base": whole["fid_base"], "fid_erased": whole["fid"][0],
+                "fid_ratio": whole["fid"][0] / max(whole["fid_base"], 1e-12)}
     else:
         from ..judges import quality as q
 
         clip = panel.clip()
         subset = max(2, min(len(after), 100) // 2)  # KID's subsets: half the images, at least two
         kid, kid_std = q.kid(clip, data["generic"], after, subset_size=subset)
-        out |= {"fid_to_base": quality["fid"][-1], "kid_to_base": kid, "kid_to_base_std": kid_std,
+        out |= {"fid_to_base": whole["fid"][0], "kid_to_base": kid, "kid_to_base_std": kid_std,
                 "clip_score_base": q.clip_score(clip, data["generic"], record["prompts"]),
                 "clip_score_erased": q.clip_score(clip, after, record["prompts"])}
-    out["phases"] = [{"phase": ph["phase"], "concepts": ph["concepts"], "fid": fid,
-                      "drift": drift(data["generic"], ph["images"])} for ph, fid in zip(phases, quality["fid"])]
-    return out | costliest(out["phases"], quality.get("fid_base", 0.0))
+    out["phases"] = [{"phase": ph["phase"], "concepts": ph["concepts"], "fid": fid, "n": m,
+                      "drift": drift(data["generic"][:m], ph["images"])} for ph, fid in zip(phases, each["fid"])]
+    return out | costliest(out["phases"], each.get("fid_base", 0.0))
 
 
 def costliest(phases: list[dict], fid_start: float) -> dict:
@@ -120,8 +125,8 @@ def costliest(phases: list[dict], fid_start: float) -> dict:
 
 
 def _phases(params: PipelineParams, after: np.ndarray) -> list[dict]:
-    """Each phase's generic images (the erase stage's phase_images.npz, the final model's for the last),
-    with the concepts it erased and every concept erased up to it."""
+    """Each phase's images of the first generic prompts (the erase stage's phase_images.npz; the final
+    model's for the last), with the concepts it erased and every concept erased up to it."""
     train = inputs.read_json(params.paths.stage("erase") / "train.json", "erase")
     if "phases" not in train:
         raise inputs.StageInputError(f"{params.paths.stage('erase') / 'train.json'}: no 'phases' (written by an "
@@ -134,13 +139,20 @@ def _phases(params: PipelineParams, after: np.ndarray) -> list[dict]:
     if sorted(stored.files, key=int) != [str(k) for k in range(len(groups) - 1)]:
         raise inputs.StageInputError(f"{path}: holds phases {sorted(stored.files)}, expected 0 to {len(groups) - 2} "
                                      "(train.json's phases but the last); rerun the 'erase' stage")
+    m = min([len(stored[k]) for k in stored.files] or [_phase_count(params, len(after))])
     return [{"phase": k, "concepts": g, "erased": {c for h in groups[:k + 1] for c in h},
-             "images": stored[str(k)] if k < len(groups) - 1 else after} for k, g in enumerate(groups)]
+             "images": stored[str(k)][:m] if k < len(groups) - 1 else after[:m]} for k, g in enumerate(groups)]
+
+
+def _phase_count(params: PipelineParams, n: int) -> int:
+    """How many generic prompts each phase is measured on (generate.phase_images; 0: all of them)."""
+    return min(params.generate.phase_images or n, n)
 
 
 def _quality(params: PipelineParams, panel, data, images: list[np.ndarray], erased: list[set[str]]) -> dict:
     """FID of each image set: to the world's renders as promised after those concepts' erasure (the
-    miniworld), else to the base model's images (CLIP features); and the base model's own."""
+    miniworld), else to the base model's images (CLIP features); and the base model's own. `data`
+    holds the base model's images (and the world's renders) of the same prompts as each set."""
     if "real" not in data:
         from ..judges import quality as q
 
@@ -148,8 +160,9 @@ def _quality(params: PipelineParams, panel, data, images: list[np.ndarray], eras
         return {"fid": [q.fid(clip, data["generic"], im) for im in images]}
     world = panel.get("miniworld")
     blocked = {e["concept"] for e in inputs.entries(params)}
+    n = len(data["generic"])
     return {"fid_base": world.fid(data["real"], data["generic"]),
-            "fid": [world.fid(worlds.promised_renders(params, blocked, e), im) for im, e in zip(images, erased)]}
+            "fid": [world.fid(worlds.promised_renders(params, blocked, e)[:n], im) for im, e in zip(images, erased)]}
 
 
 def write(params: PipelineParams, base_hash: str, concepts: dict[str, dict], generic: dict,
