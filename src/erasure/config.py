@@ -141,6 +141,10 @@ class GenerateParams(_Section):
     batch_size: int = Field(64, gt=0)
     misspellings: int = Field(1, ge=0)  # misspelled variants of each concept in the evaluation
 
+    def phase_count(self, n: int) -> int:
+        """Of n generic prompts, how many each sequential phase is drawn and measured on."""
+        return min(self.phase_images or n, n)
+
 
 _ESD = {"lr": 2.0e-4, "batch_size": 8, "pool_size": 256}
 _ESD_NAMED = {"ddim_steps": 25, "context_prompts": 64, "preserve_prompts": 128, "preserve_share": 0.5,

@@ -47,7 +47,7 @@ class UCEOptions(Options):
     tokens: Literal["last", "span"] = "span"
     context_prompts: int = Field(16, ge=0)  # scenes naming the concept, beside the bare name
     preserve_prompts: int = Field(64, ge=0)  # ordinary captions naming none of the phase's concepts
-    preserve_erased: bool = True  # keep the targets trained phases erased before the solve as they are
+    preserve_erased: bool = True  # sequential: keep earlier phases' erased targets as they are
     preserve_fragile: float = Field(0.25, ge=0, le=1)  # of preserve_prompts: the world's fragile outputs (prompts.py)
 
 
@@ -90,8 +90,7 @@ class UCE:
     def edit(self, bench: Bench, concepts: list[tuple[Concept, UCEOptions]], earlier: tuple[Concept, ...],
              gen: torch.Generator) -> int:
         """Edit the UNet's cross-attention projections in place for all `concepts` at once; returns
-        the number of erase vectors. `earlier`: the run's concepts up to this phase (those not in
-        `concepts` were erased before the solve, by trained phases: erasure.trainer.phases_of)."""
+        the number of erase vectors. `earlier`: concepts erased by previous phases of the run."""
         self.check_joint([o for _, o in concepts])
         # One preservation set for the solve: as many ordinary captions as the concept that asks most.
         options = concepts[0][1].model_copy(update={"preserve_prompts": max(o.preserve_prompts for _, o in concepts)})

@@ -103,7 +103,7 @@ def phase_images(params: PipelineParams, jobs, settings, base_hash: str) -> dict
     if not files:
         return {}
     prompts, seeds, _ = worlds.generic(params, {e["concept"] for e in inputs.entries(params)})
-    m = min(params.generate.phase_images or len(prompts), len(prompts))  # evaluate measures each phase on these
+    m = params.generate.phase_count(len(prompts))  # evaluate measures each phase on these
     prompts, seeds = prompts[:m], seeds[:m]
     pipe, _ = base_model(params)
     out = {}

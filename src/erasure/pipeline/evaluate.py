@@ -139,14 +139,9 @@ def _phases(params: PipelineParams, after: np.ndarray) -> list[dict]:
     if sorted(stored.files, key=int) != [str(k) for k in range(len(groups) - 1)]:
         raise inputs.StageInputError(f"{path}: holds phases {sorted(stored.files)}, expected 0 to {len(groups) - 2} "
                                      "(train.json's phases but the last); rerun the 'erase' stage")
-    m = min([len(stored[k]) for k in stored.files] or [_phase_count(params, len(after))])
+    m = min([len(stored[k]) for k in stored.files] or [params.generate.phase_count(len(after))])
     return [{"phase": k, "concepts": g, "erased": {c for h in groups[:k + 1] for c in h},
              "images": stored[str(k)][:m] if k < len(groups) - 1 else after[:m]} for k, g in enumerate(groups)]
-
-
-def _phase_count(params: PipelineParams, n: int) -> int:
-    """How many generic prompts each phase is measured on (generate.phase_images; 0: all of them)."""
-    return min(params.generate.phase_images or n, n)
 
 
 def _quality(params: PipelineParams, panel, data, images: list[np.ndarray], erased: list[set[str]]) -> dict:
