@@ -56,6 +56,8 @@ CASES = {
     "esd-context": ("esd", CAT, {"ddim_steps": 4, "context_prompts": 4}, {"x", "t", "target"}),
     "esd-context-preserve": ("esd", CAT, {"ddim_steps": 4, "context_prompts": 4, "preserve_prompts": 3},
                              {"x", "t", "target", "train_idx"}),
+    "esd-shared-trajectories": ("esd", CAT, {"ddim_steps": 4, "context_prompts": 4, "preserve_prompts": 3,
+                                             "stops_per_trajectory": 3}, {"x", "t", "target", "train_idx"}),
     "esd-implicit-scene": ("esd", dict(text="nudity", kind="nudity", anchor_prompts=SHORT),
                            {"ddim_steps": 4, "context_prompts": 2, "implicit_trajectories": "named"}, {"x", "t", "target"}),
     "esd-implicit-direction": ("esd", dict(text="nudity", kind="nudity", anchor_prompts=SHORT),
@@ -215,6 +217,11 @@ IMPOSSIBLE = {
     "esd-trained-sampler-on-reference": (dict(text="memo", kind="memorized", reference_images=("x.png",)),
                                          {"options": {"x_source": "reference", "sampler": "trained"}},
                                          "x_source"),
+    "esd-shared-trajectories-trained-sampler": (dict(text="cat", kind="style"),
+                                                {"options": {"sampler": "trained", "stops_per_trajectory": 2}},
+                                                "stops_per_trajectory"),
+    "ca-anchor-fragile-on-a-style": (dict(text="cat", kind="style"),
+                                     {"method": "ca", "options": {"anchor_fragile": 0.25}}, "anchor_fragile"),
     "unknown-method": (dict(text="cat", kind="style"), {"method": "esd-x"}, "method 'esd-x' unknown"),
     "unknown-rule": (dict(text="cat", kind="style"), {"rule": "xatn"}, "rule 'xatn' unknown"),
     "unknown-option": (dict(text="cat", kind="style"), {"options": {"etaa": 1}}, "etaa"),
@@ -368,3 +375,39 @@ def test_ca_on_the_miniworld_drops_anchor_images_that_show_the_implicit_attribut
     rows = {int(i) for i in pool.rows["a_idx"]}
     assert len(a_table) == 2 and rows == {0, 1}  # only the two unframed anchor images' prompts
     assert torch.equal(a_table, bench.encode(sorted(kept, key=prompts.index)))
+
+
+def test_esd_shared_trajectories_read_each_trajectory_at_several_stops(tiny_pipeline_dir):
+    """stops_per_trajectory k: consecutive rows come from one trajectory (one scene prompt, one noise)
+    at k stops; the rows and their targets are what one-stop trajectories would give there."""
+    concept = Concept(**CAT)
+    bench, pool, _ = _pool_and_loss(tiny_pipeline_dir, "esd", concept,
+                                    {"ddim_steps": 6, "context_prompts": 4, "stops_per_trajectory": 4})
+    assert len(pool) == SIZE
+    for key in ("c_idx", "u_idx", "train_idx"):
+        assert len(set(pool.rows[key][:4].tolist())) == 1 and len(set(pool.rows[key][4:].tolist())) == 1
+    rows = pool.batch(torch.arange(SIZE))
+    with torch.no_grad():  # eta 1: the target is eps(u) - (eps(c) - eps(u)) at each row's own x_t
+        e_c, e_u = bench.eps(rows["x"], rows["t"], rows["c"]), bench.eps(rows["x"], rows["t"], rows["u"])
+    torch.testing.assert_close(rows["target"], e_u - (e_c - e_u), rtol=1e-4, atol=1e-4)
+
+
+def test_ca_anchor_fragile_puts_the_worlds_fragile_outputs_among_the_anchor_prompts(tiny_pipeline_dir, monkeypatch):
+    """Implicit kinds: a share of the anchor prompts names the world's fragile outputs (none of the run's
+    concepts), drawn and trained like the other anchor prompts."""
+    from erasure.methods import ablation
+
+    asked = []
+
+    def fragile(exclude, n, model_spec, seed=0):
+        asked.append(([c.text for c in exclude], n))
+        return ["a hat"] * n
+
+    monkeypatch.setattr(ablation, "fragile_prompts", fragile)
+    concept = Concept(text="nudity", kind="nudity", anchor_prompts=("a dog", "a cup", "a box", "a pen"))
+    opts = {"anchor_images": 4, "anchor_steps": 2, "loss": "noise", "regularization": 1.0, "anchor_fragile": 0.5}
+    bench, pool, loss = _pool_and_loss(tiny_pipeline_dir, "ca", concept, opts)
+    assert asked == [(["nudity"], 2)]
+    a_table = pool.conds["a"]
+    assert torch.equal(a_table, bench.encode(["a dog", "a cup", "a hat"]))
+    assert torch.isfinite(loss)

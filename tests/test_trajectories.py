@@ -48,3 +48,25 @@ def test_stops_out_of_range(parts):
     eps, cfg, cond, uncond = parts
     with pytest.raises(ValueError, match="stops must lie"):
         partial_trajectories(eps, cfg, cond, uncond, torch.tensor([10]), (4, 8, 8), num_steps=10)
+
+
+def test_several_stops_per_trajectory_read_the_same_trajectory(parts):
+    """stops of shape (n, s): each trajectory is read at its s stops, as s one-stop runs from the same
+    noise would be, for the cost of running it to its last stop."""
+    eps, cfg, cond, uncond = parts
+    evaluated = []
+
+    def counting(x, t, emb):
+        evaluated.append(len(x))
+        return eps(x, t, emb)
+
+    stops = torch.tensor([[1, 4, 0], [5, 2, 2]])
+    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    x, t = partial_trajectories(counting, cfg, cond, uncond, stops, (4, 8, 8), num_steps=8, noise=noise)
+    assert x.shape == (6, 4, 8, 8) and t.shape == (6,)
+    assert sum(evaluated) == 2 * (4 + 5)  # each trajectory runs to its last stop once (CFG: 2 rows per sample)
+    for row, (i, k) in enumerate([(0, 1), (0, 4), (0, 0), (1, 5), (1, 2), (1, 2)]):
+        xi, ti = partial_trajectories(eps, cfg, cond, uncond, torch.tensor([k]), (4, 8, 8), num_steps=8,
+                                      noise=noise[i:i + 1])
+        assert torch.allclose(x[row], xi[0], rtol=1e-4, atol=1e-4), row
+        assert t[row] == ti[0]

@@ -58,6 +58,13 @@ def preservation_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, 
     return [base[i % len(base)] for i in range(n)]
 
 
+def fragile_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0) -> list[str]:
+    """n prompts of the world's fragile outputs naming none of `exclude` (the miniworld's memorized images
+    and instances), or [] where the world knows none (any other model)."""
+    world = world_prompts(model_spec)
+    return world.fragile_prompts([c.text for c in exclude], n, seed) if world is not None and n else []
+
+
 def target_prompt(concept: Concept, anchor_prompt: str, i: int = 0) -> str:
     """The prompt naming the target, made from an anchor prompt (CA's recipe per kind)."""
     c = concept.text

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from ..concept import Concept, ConceptError
 from ..families import denoising_target
-from ..prompts import anchor_prompts, target_prompt
+from ..prompts import anchor_prompts, fragile_prompts, target_prompt
 from ..worlds import attribute_reader, not_copies
 from .base import Bench, Defaults, Pool, PreserveOptions, mse, preservation_rows, prompt_table, reference_images
 
@@ -44,6 +44,12 @@ class CAOptions(PreserveOptions):
     # Preservation rows (base.PreserveOptions), x_t from `preserve_ddim_steps`-step trajectories at
     # guidance 3 (as ESD's): the model-based or noise loss on them is toward the frozen model's prediction.
     preserve_ddim_steps: int = Field(25, gt=0)
+    # Implicit / nudity (our extension): this share of the anchor prompts names the world's fragile
+    # outputs (prompts.fragile_prompts: the memorized images and instances not erased so far). Their
+    # anchor images, drawn and filtered like the others, keep those outputs through the
+    # regularization term without teaching the attribute back (preservation rows toward the frozen
+    # prediction do: the base draws it unasked). Where the world knows none, nothing changes.
+    anchor_fragile: float = Field(0.0, ge=0, lt=1)
 
 
 class ConceptAblation:
@@ -64,6 +70,10 @@ class ConceptAblation:
         if concept.kind == "memorized" and not (concept.paraphrases or concept.anchor_prompts or concept.anchor):
             raise ConceptError(f"concept {concept.text!r}: CA on a memorized image needs an anchor (a description "
                                "of its content that does not reproduce it), paraphrases or anchor_prompts")
+        if options.anchor_fragile and concept.kind not in ("implicit", "nudity"):
+            raise ConceptError(f"concept {concept.text!r} ({concept.kind}): CA option anchor_fragile applies to "
+                               "implicit and nudity concepts only (their target prompts add the attribute to any "
+                               "prompt); expected 0")
         if concept.kind == "memorized" and not concept.reference_images:
             raise ConceptError(f"concept {concept.text!r}: CA on a memorized image needs reference_images, to "
                                "drop anchor images that copy it")
@@ -77,6 +87,10 @@ class ConceptAblation:
         size -= n_keep  # the pool holds `size` rows in all: ablation rows, then preservation rows
         prompts = anchor_prompts(concept, options.anchor_images, bench.model_spec,
                                  seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        if options.anchor_fragile:
+            extra = fragile_prompts(bench.run_concepts or (concept,), round(len(prompts) * options.anchor_fragile),
+                                    bench.model_spec, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            prompts = prompts[:len(prompts) - len(extra)] + extra
         z = bench.sample_latents(prompts, gen, options.anchor_steps, options.anchor_guidance,
                                  desc=bench.desc(concept, "anchor images"))
         if concept.kind == "memorized":

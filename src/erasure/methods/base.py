@@ -229,10 +229,11 @@ class PreserveOptions(Options):
 
 
 def preservation_rows(bench: Bench, concept: Concept, options: PreserveOptions, keep: int, gen: torch.Generator,
-                      ddim_steps: int, guidance: float) -> dict[str, torch.Tensor]:
+                      ddim_steps: int, guidance: float, stops_per_trajectory: int = 1) -> dict[str, torch.Tensor]:
     """`keep` preservation rows {x, t, cond, target}: prompts q_j with x_t from their own trajectories
     and the target eps(x_t, q_j) of the base model, naming none of the run's concepts so far (or of
-    the current model, naming none of this phase's: `preserve_from="current"`)."""
+    the current model, naming none of this phase's: `preserve_from="current"`); each trajectory read at
+    `stops_per_trajectory` stops (trajectories.py)."""
     from ..prompts import preservation_prompts
     from ..trajectories import partial_trajectories
 
@@ -241,11 +242,14 @@ def preservation_rows(bench: Bench, concept: Concept, options: PreserveOptions, 
                                    seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
                                    fragile=options.preserve_fragile)
     q = bench.encode(prompts)
-    pick = torch.randint(0, len(q), (keep,), generator=gen)
-    stops = torch.randint(0, ddim_steps, (keep,), generator=gen)
+    k = stops_per_trajectory
+    runs = -(-keep // k)
+    pick = torch.randint(0, len(q), (runs,), generator=gen)
+    stops = torch.randint(0, ddim_steps, (keep,) if k == 1 else (runs, k), generator=gen)
     x, t = partial_trajectories(bench.eps, bench.scheduler_config, q[pick], bench.encode([""]), stops,
                                 bench.latent_shape, guidance=guidance, num_steps=ddim_steps, generator=gen,
                                 desc=bench.desc(concept, "preservation trajectories"))
+    pick, x, t = pick.repeat_interleave(k)[:keep], x[:keep], t[:keep]
     target = (bench.base_eps if options.preserve_from == "base" else bench.eps)(x, t, q[pick])
     return {"x": x, "t": t, "cond": q[pick], "target": target}
 

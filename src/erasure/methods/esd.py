@@ -43,6 +43,10 @@ class ESDOptions(PreserveOptions):
     x_source: Literal["trajectory", "reference"] = "trajectory"
     ddim_steps: int = Field(50, gt=0)
     guidance: float = Field(3.0, ge=0)
+    # Pool rows read from one frozen-sampler trajectory (and one prompt) at as many random stops (our
+    # extension; 1: a trajectory per row, as the reference code). A trajectory's cost is its last
+    # stop, so k rows per trajectory cost about 2k/(k+1) times one row instead of k.
+    stops_per_trajectory: int = Field(1, gt=0)
     context_prompts: int = Field(0, ge=0)
     # Implicit kinds in context: x_t from trajectories of the scene prompts p_i as users write them
     # ("scene"), or of the same scenes naming the concept, f_i ("named": every x_t carries it, as
@@ -83,6 +87,9 @@ class ESD:
         if options.x_source == "reference" and options.sampler == "trained":
             raise ConceptError("ESD: sampler='trained' samples trajectories; it cannot be combined with "
                                "x_source='reference'")
+        if options.stops_per_trajectory > 1 and (options.sampler == "trained" or options.x_source == "reference"):
+            raise ConceptError("ESD: stops_per_trajectory reads the frozen sampler's trajectories; it needs "
+                               "sampler='frozen' and x_source='trajectory' (expected 1 otherwise)")
         if options.preserve_prompts and (options.sampler == "trained" or options.x_source == "reference"):
             raise ConceptError("ESD: preserve_prompts needs the frozen sampler and trajectory x_t")
 
@@ -100,7 +107,8 @@ class ESD:
                                           seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             pairs = list(dict.fromkeys((p, target_prompt(concept, p, i)) for i, p in enumerate(base_prompts)))
             f, p = bench.encode([t for _, t in pairs]), bench.encode([q for q, _ in pairs])
-            pick = torch.randint(0, len(pairs), (size,), generator=gen)
+            pick = _rows_per_trajectory(torch.randint(0, len(pairs), (-(-size // options.stops_per_trajectory),),
+                                                      generator=gen), options.stops_per_trajectory, size)
             if concept.kind in ("implicit", "nudity"):
                 # Appears without being named: "erase from" each scene prompt p_i users write,
                 # with the concept's own direction eps*(c) - eps*("").
@@ -127,13 +135,16 @@ class ESD:
             pick = torch.randint(0, len(z), (size,), generator=gen)
             x, t, _ = bench.noised(z[pick], gen)
         else:
-            stops = torch.randint(0, options.ddim_steps, (size,), generator=gen)
+            k = options.stops_per_trajectory
+            stops = torch.randint(0, options.ddim_steps, (size,) if k == 1 else (-(-size // k), k), generator=gen)
             # paper: trajectories of c; in context: of what the trained model sees, or `traj` when set
             sampled = "traj" if "traj" in conds else "train" if options.context_prompts else "c"
-            x, t = partial_trajectories(bench.eps, bench.scheduler_config, _per_sample(conds, rows, sampled, size),
-                                        empty, stops, bench.latent_shape, guidance=options.guidance,
+            x, t = partial_trajectories(bench.eps, bench.scheduler_config,
+                                        _per_sample(conds, rows, sampled, size)[::k], empty, stops,
+                                        bench.latent_shape, guidance=options.guidance,
                                         num_steps=options.ddim_steps, generator=gen,
                                         desc=bench.desc(concept, "trajectories"))
+            x, t = x[:size], t[:size]
         cs = {k: _per_sample(conds, rows, k, size) for k in ("c", "u", "base")}
         target = _target(bench.eps, x, t, cs["c"], cs["u"], cs["base"], options.eta)
         if options.preserve_prompts:
@@ -161,10 +172,16 @@ def _with_preservation(bench: Bench, concept: Concept, options: ESDOptions, keep
                        x, t, target, train) -> Pool:
     """The erase rows plus `keep` preservation rows (base.preservation_rows), so the edit leaves
     prompts naming none of the run's concepts alone."""
-    kept = preservation_rows(bench, concept, options, keep, gen, options.ddim_steps, options.guidance)
+    kept = preservation_rows(bench, concept, options, keep, gen, options.ddim_steps, options.guidance,
+                             stops_per_trajectory=options.stops_per_trajectory)
     return Pool({"x": torch.cat([x, kept["x"]]), "t": torch.cat([t, kept["t"]]),
                  "target": torch.cat([target, kept["target"]]), "train_idx": torch.arange(len(x) + keep)},
                 {"train": torch.cat([train, kept["cond"]])})
+
+
+def _rows_per_trajectory(per_trajectory: torch.Tensor, k: int, size: int) -> torch.Tensor:
+    """Each trajectory's value for its k consecutive rows, cut to the pool's size."""
+    return per_trajectory.repeat_interleave(k)[:size]
 
 
 def _per_sample(conds: dict, rows: dict, key: str, size: int) -> torch.Tensor:
