@@ -16,8 +16,11 @@ RECIPES: dict[tuple[str, str], dict] = {}
 for kind in _NAMED:
     # Preservation rows keep the other concepts' prompts where they were (joint and sequential runs
     # damaged non-blocked styles without them: benchmarks/results/methods.md).
+    # Trajectories of 25 DDIM steps, each read at 8 stops: the pool in an eighth of the time of 50-step
+    # one-stop trajectories (benchmarks/results/methods.md: esd-x-style vs esd-x-style-one-stop).
     RECIPES["esd", kind] = {"rule": "xattn", "steps": 100, "lr": 2e-4,
-                            "options": {"context_prompts": 64, "preserve_prompts": 64}}
+                            "options": {"context_prompts": 64, "preserve_prompts": 64, "ddim_steps": 25,
+                                        "stops_per_trajectory": 8}}
     RECIPES["abo", kind] = {"rule": "xattn", "steps": 200, "lr": 2e-4, "options": {"context_prompts": 64}}
     RECIPES["ca", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"anchor_images": 128}}
     RECIPES["loss-max", kind] = {"rule": "xattn-kv", "steps": 200, "lr": 5e-4, "options": {"images": 128}}
