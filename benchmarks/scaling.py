@@ -10,9 +10,8 @@ among the 5), erased from the shipped model sequentially in the draw's order (se
 seeded order (sequential-b), and in one run (joint). Then the miniworld detector reads n images per
 probe (held-out caption templates, fixed seeds): each target's presence, each concept left on the list
 as a neighbour (its drop from the base model), and FID and drift on prompts that name no drawn concept.
-A sequential run's trained phases come first and its closed-form ones in the order of their names
-(erasure.trainer.phases_of), so two orders can end in the same weights: sequential-b then reuses
-sequential-a's readings (same images), and its row says so (`same_weights_as`).
+When the two orders end in the same weights, sequential-b reuses sequential-a's readings (the same
+images) and its row says so (`same_weights_as`).
 The continual scenario is sequential-a at k = --nights (10): one request a night, night i's release
 erasing the first i concepts (erased with a phase cache, as the pipeline does: a night trains only
 what it adds), and after every night each concept so far read again. Finished rows are kept in
@@ -230,7 +229,7 @@ def report(rows: list[dict], n: int) -> str:
     for (m, k), modes in sorted(by.items()):
         if {"sequential-a", "sequential-b"} <= set(modes) and k > 1:
             a, b = modes["sequential-a"]["targets"], modes["sequential-b"]["targets"]
-            same = " (the same weights: trained phases first, closed-form ones by name)" \
+            same = " (the same weights)" \
                 if modes["sequential-b"].get("same_weights_as") else ""
             lines.append(f"- {m}, k = {k}: {max(abs(a[c] - b[c]) for c in a):.2f}{same}")
     lines += ["", "Cost: the erase call for k concepts over the one for a single concept (each method's k = 1 row)", ""]

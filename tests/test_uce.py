@@ -118,17 +118,17 @@ def test_uce_recipes_refuse_a_schedule_and_mix_with_trained_methods_in_joint_run
     assert load_delta(tmp_path / "d.safetensors")[1]["method"] == "uce,esd"
 
 
-def test_sequential_uce_does_not_depend_on_the_order_the_concepts_arrived(tiny_pipeline_dir, tmp_path):
-    """Three concepts erased one after another in two orders: closed-form phases run in the order of
-    their concepts' names (erasure.trainer.phases_of), so both end in the same weights, and each
-    concept's erase vectors moved toward their anchors' outputs (1: untouched, 0: there)."""
+def test_joint_uce_does_not_depend_on_the_order_the_concepts_came_in(tiny_pipeline_dir, tmp_path):
+    """Three concepts in one solve, listed in two orders, end in the same weights (to float rounding),
+    and each concept's erase vectors moved toward their anchors' outputs (1: untouched, 0: there).
+    A sequential chain of solves does depend on its order: up to 0.2 here (README, status)."""
     from erasure.editable import EditableModel
     from erasure.methods.base import Bench
 
     concepts = [Concept(text="cat", kind="instance", anchor="dog"), Concept(text="tree", kind="object", anchor="car"),
                 Concept(text="red", kind="style")]
-    settings = EraseSettings(method="uce", mode="sequential", options={"context_prompts": 0, "preserve_prompts": 8,
-                                                                       "preserve_scale": 0.1, "lamb": 0.01})
+    settings = EraseSettings(method="uce", mode="joint", options={"context_prompts": 0, "preserve_prompts": 8,
+                                                                  "preserve_scale": 0.1, "lamb": 0.01})
     probe = load_pipeline(str(tiny_pipeline_dir))
     bench = Bench(probe, EditableModel(probe.unet, probe.text_encoder, []), "tiny", progress=False)
     vectors = {c.text: erase_vectors(bench, c, plan([c], settings)[0].options, seed=0) for c in concepts}
@@ -145,46 +145,6 @@ def test_sequential_uce_does_not_depend_on_the_order_the_concepts_arrived(tiny_p
         return out, {n: m.weight.detach().clone() for n, m in projections(pipe.unet, "kv")}
 
     (forward, w_forward), (backward, w_backward) = moved(concepts), moved(concepts[::-1])
-    assert all(forward[c] < 0.95 for c in forward), forward  # each concept did move (1: untouched)
-    assert forward == backward and all(torch.equal(w_forward[n], w_backward[n]) for n in w_forward)
-
-
-def test_a_sequential_run_trains_before_it_solves_so_the_arrival_order_gives_the_same_weights(tiny_pipeline_dir,
-                                                                                               tmp_path):
-    """Trained phases run first, closed-form ones after (erasure.trainer.phases_of): a trained concept
-    that arrived after a closed-form one gives the weights of the other order, bit for bit; adding it
-    to a cached closed-form run re-solves that phase (no training) and trains only the new concept;
-    a closed-form concept that sorts before a cached one re-solves that one."""
-    from safetensors.torch import load_file
-
-    from erasure.trainer import phases_of
-
-    cat, red = Concept(text="cat", kind="instance", anchor="dog"), Concept(text="red", kind="style")
-    settings = EraseSettings(mode="sequential", options={"uce": {"context_prompts": 0, "preserve_prompts": 4},
-                                                         "esd": {"ddim_steps": 2}}, steps=2, pool_size=2, batch_size=1)
-    method = {"cat": "uce", "red": "esd"}
-    base_hash = weights_hash(tiny_pipeline_dir)
-
-    def run(order, name, cache="phases"):
-        jobs = plan(order, settings, methods=[method[c.text] for c in order])
-        result = erase(load_pipeline(str(tiny_pipeline_dir)), jobs, settings, tmp_path / name,
-                       tmp_path / f"{name}.safetensors", model_spec="tiny", base_hash=base_hash, progress=False,
-                       phase_cache=tmp_path / cache)
-        return [p[0].concept.text for p in phases_of(jobs, settings)], result
-
-    assert run([cat], "cat")[1].steps_run == 0
-    phases, grown = run([cat, red], "cat-red")
-    assert phases == ["red", "cat"]
-    assert grown.phases_from_cache == 0 and grown.steps_run == 2  # red trained, cat's phase solved again
-    phases, other = run([red, cat], "red-cat")
-    assert phases == ["red", "cat"] and other.phases_from_cache == 2  # the same phases: found whole
-    a, b = load_file(str(tmp_path / "cat-red.safetensors")), load_file(str(tmp_path / "red-cat.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # a third concept, closed-form, sorting before cat: red's phase from the cache, then both solves
-    apple = Concept(text="apple", kind="object", anchor="car")
-    method["apple"] = "uce"
-    phases, third = run([red, cat, apple], "red-cat-apple")
-    assert phases == ["red", "apple", "cat"] and third.phases_from_cache == 1 and third.steps_run == 0
-    run([apple, cat, red], "scratch", cache="empty")
-    a, b = load_file(str(tmp_path / "red-cat-apple.safetensors")), load_file(str(tmp_path / "scratch.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(forward[c] < 0.9 for c in forward), forward  # each concept did move (1: untouched)
+    assert max(abs(forward[c] - backward[c]) for c in forward) < 1e-4, (forward, backward)
+    assert max(float((w_forward[n] - w_backward[n]).abs().max()) for n in w_forward) < 1e-6
