@@ -83,6 +83,12 @@ def test_a_failed_gate_names_its_value_bound_neighbour_and_phase():
     joint = failed_gates(_gates(), _metrics(), {**SEQUENTIAL, "mode": "joint"})
     assert joint[0]["phase"] == "unknown (joint run)" and joint[2]["phase"] == "the joint phase (all 3)"
 
+    # A quality gate is put on the phase whose generic-prompt FID rose most (not "not in train.json").
+    quality = {"concept": "generic prompts", "kind": "quality", "gate": "fid_max_ratio", "value": 2.94,
+               "bound": 2.0, "passed": False,
+               "costliest_phase": {"phase": 2, "concepts": ["Vasquez"], "fid_rise": 0.09}}
+    assert failed_gates([quality], _metrics(), SEQUENTIAL)[0]["phase"] == "3/3 Vasquez\nthe costliest (FID +0.09)"
+
     lines = _render(gate_table(rows))
     text = "\n".join(lines)
     assert max(map(len, lines)) <= 100

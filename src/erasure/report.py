@@ -5,7 +5,8 @@ caused it; and consoles at most 100 columns wide, for every table the project pr
 The phase: the erase stage reads no neighbour between its phases (train.json's `history` holds
 no readings), so a neighbour's fall is put on the last sequential phase whose concept names that
 neighbour (as its anchor, or in its text, alternative or paraphrases), or is said to be unknown;
-a target gate is put on the concept's own phase. A joint run has one phase for all concepts.
+a target gate is put on the concept's own phase, and a quality gate on the phase whose FID on the
+generic prompts rose most. A joint run has one phase for all concepts.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def failed_gates(gates: list[dict], metrics: dict, train: dict | None, entries: 
             continue
         m = metrics.get("concepts", {}).get(g["concept"], {})
         neighbour = _neighbour(m) if g["gate"] == "neighbour_max_drop" else None
+        phase = (_costliest(g, train or {}) if g["kind"] == "quality"
+                 else _phase(g["concept"], neighbour and neighbour["name"], train or {}, spec))
         rows.append({"concept": g["concept"], "kind": g["kind"], "gate": g["gate"], "value": g["value"],
-                     "bound": g["bound"], "neighbour": neighbour,
-                     "phase": _phase(g["concept"], neighbour and neighbour["name"], train or {}, spec)})
+                     "bound": g["bound"], "neighbour": neighbour, "phase": phase})
     return rows
 
 
@@ -119,6 +121,15 @@ def _phase(concept: str, neighbour: str | None, train: dict, spec: dict[str, dic
         if why:
             return f"{k + 1}/{n} {jobs[k]['concept']} ({jobs[k]['method']})\n{why}"
     return "unknown\nno phase names it"
+
+
+def _costliest(gate: dict, train: dict) -> str:
+    """A quality gate's phase: the one whose generic-prompt FID rose most (evaluate's costliest_phase)."""
+    ph = gate.get("costliest_phase")
+    if not ph:
+        return "unknown (no per-phase FID)" if train.get("mode") != "joint" else "the joint phase"
+    n = len(train.get("jobs") or []) or "?"
+    return f"{ph['phase'] + 1}/{n} {', '.join(ph['concepts'])}\nthe costliest (FID +{ph['fid_rise']:.2f})"
 
 
 def _names(c: dict, neighbour: str) -> str | None:
