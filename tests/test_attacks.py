@@ -1,8 +1,15 @@
-"""Typed variants of an erased concept's name (erasure.attacks.typed)."""
+"""Attacks on an erased concept: typed variants of its name (erasure.attacks.typed), and learned
+token embeddings (erasure.attacks.learned), their mechanics on the tiny pipeline."""
 
 import unicodedata
 
+import numpy as np
+import pytest
+import torch
+
+from erasure.attacks.learned import AttackError, learn, learned_tokens
 from erasure.attacks.typed import variants
+from erasure.models import load_pipeline
 
 
 def test_every_family_and_nothing_twice():
@@ -34,3 +41,48 @@ def test_short_names_and_multi_word_concepts():
     assert "phrasing" not in {v.family for v in frame}  # no phrasings for a kind prompts do not name
     assert [v.text for v in frame if v.family == "spacing"] == ["with a g o l d e n frame", "withagoldenframe"]
     assert "with a godlen frame" in {v.text for v in frame}  # the longest word is the one misspelt
+
+
+def _encode(pipe, prompt):
+    tok = pipe.tokenizer
+    ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_placeholder_reads_the_learned_vector(tiny_pipeline_dir):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    b = pipe.tokenizer("b", add_special_tokens=False).input_ids
+    assert len(b) == 1
+    with learned_tokens(pipe, table[b]):
+        swapped = _encode(pipe, "a *")
+    torch.testing.assert_close(swapped, _encode(pipe, "a b"))
+    assert not torch.equal(_encode(pipe, "a *"), swapped)  # the hook is gone afterwards
+    # two placeholders take the vectors in turn
+    c = pipe.tokenizer("c", add_special_tokens=False).input_ids
+    with learned_tokens(pipe, torch.cat([table[b], table[c]])):
+        torch.testing.assert_close(_encode(pipe, "a * *"), _encode(pipe, "a b c"))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_learning_fits_the_images_and_leaves_every_weight_alone(tiny_pipeline_dir):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    before = {n: p.detach().clone() for m in (pipe.unet, pipe.text_encoder) for n, p in m.named_parameters()}
+    size = pipe.vae.config.sample_size
+    images = np.zeros((4, size, size, 3), dtype=np.uint8)
+    images[:, :, : size // 2] = (255, 0, 0)  # the "concept": red on the left
+    out = learn(pipe, images, "a * *", tokens=2, steps=60, lr=0.05, batch_size=4, seed=0, progress=False)
+    assert out.vectors.shape == (2, pipe.text_encoder.config.hidden_size)
+    assert np.mean(out.losses[-15:]) < np.mean(out.losses[:15])
+    after = {n: p for m in (pipe.unet, pipe.text_encoder) for n, p in m.named_parameters()}
+    assert all(torch.equal(before[n], after[n]) and after[n].requires_grad for n in before)
+    again = learn(pipe, images, "a * *", tokens=2, steps=60, lr=0.05, batch_size=4, seed=0, progress=False)
+    assert torch.equal(out.vectors, again.vectors)  # seeded
+
+
+def test_a_template_must_hold_one_placeholder_per_token(tiny_pipeline_dir):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    with pytest.raises(AttackError, match="expected 2"):
+        learn(pipe, np.zeros((1, 8, 8, 3), np.uint8), "a *", tokens=2, steps=1, progress=False)
