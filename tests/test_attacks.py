@@ -86,3 +86,22 @@ def test_a_template_must_hold_one_placeholder_per_token(tiny_pipeline_dir):
     pipe = load_pipeline(str(tiny_pipeline_dir))
     with pytest.raises(AttackError, match="expected 2"):
         learn(pipe, np.zeros((1, 8, 8, 3), np.uint8), "a *", tokens=2, steps=1, progress=False)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_completion_keeps_images_at_low_strength_and_is_seeded(tiny_pipeline_dir):
+    from erasure.attacks.completion import complete
+
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    size = pipe.vae.config.sample_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    light = complete(pipe, images, "", [1, 2], strength=0.1, steps=10)
+    heavy = complete(pipe, images, "", [1, 2], strength=1.0, steps=10)
+    assert light.shape == images.shape and light.dtype == np.uint8
+    # a little noise leaves the image closer to where it started than the whole schedule does
+    dist = lambda a: float(np.abs(a.astype(float) - images.astype(float)).mean())  # noqa: E731
+    assert dist(light) < dist(heavy)
+    assert np.array_equal(light, complete(pipe, images, "", [1, 2], strength=0.1, steps=10))
+    with pytest.raises(ValueError, match="strength"):
+        complete(pipe, images, "", [1, 2], strength=0.0)
