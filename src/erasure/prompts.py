@@ -49,8 +49,7 @@ def preservation_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, 
     share of them, where the world knows its fragile outputs (the miniworld's memorized images and
     instances), prompts of those, far above their share in ordinary captions."""
     if (world := world_prompts(model_spec)) is not None:
-        k = round(n * fragile)
-        extra = world.fragile_prompts([c.text for c in exclude], k, seed) if k else []
+        extra = fragile_prompts(exclude, round(n * fragile), model_spec, seed)
         return world.preservation_prompts([c.text for c in exclude], n - len(extra), seed) + extra
     banned = [c.text.lower() for c in exclude]
     base = [t.format(s=s) for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..families import is_sdxl, of as family_of
+from ..methods.base import encode_images
 from ..progress import Progress
 
 PLACEHOLDER = "*"
@@ -93,10 +94,7 @@ def learn(pipe, images: np.ndarray, template: str, *, tokens: int = 1, steps: in
     vectors = start.float().repeat(tokens, 1).clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
     family = family_of(dict(pipe.scheduler.config) | {"_class_name": type(pipe.scheduler).__name__})
-    with torch.no_grad():  # the images as latents, once
-        x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, vae.dtype)
-        latents = torch.cat([vae.encode(x[s:s + 32]).latent_dist.mean for s in range(0, len(x), 32)])
-        latents = (latents * vae.config.scaling_factor).float().cpu()
+    latents = torch.cat([encode_images(vae, images[s:s + 32]) for s in range(0, len(images), 32)])  # once
     ids = tok([template], padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids.to(device)
     steps_total = int(family.forward.config.num_train_timesteps)

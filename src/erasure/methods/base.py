@@ -204,13 +204,17 @@ class Bench:
             images.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(images)
 
-    @torch.no_grad()
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> latents (mean of the VAE posterior, scaled)."""
-        vae = self.pipe.vae
-        device, dtype = model_device(vae)
-        x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, dtype)
-        return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
+        return encode_images(self.pipe.vae, images)
+
+
+@torch.no_grad()
+def encode_images(vae, images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> latents as the UNet sees them (mean of the VAE posterior, scaled), on the CPU."""
+    device, dtype = model_device(vae)
+    x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, dtype)
+    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
 
 
 class PreserveOptions(Options):
