@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 
 from ..concept import Concept
-from .concepts import OBJECTS
-from .world import caption, sample_scene, scene_rng
+from .concepts import INSTANCES, MEMORIZED, OBJECTS
+from .world import TRAIN_INSTANCE_SUBJECTS, caption, sample_scene, scene_rng
 
 
 def anchor_prompts(concept: Concept, n: int, seed: int = 0) -> list[str]:
@@ -55,18 +55,30 @@ def fragile_prompts(exclude: list[str], n: int, seed: int = 0) -> list[str]:
     memorized images and the instances not in `exclude` (about 1% and 3% of captions each), as the
     world captions them, in turn."""
     banned = [e.lower() for e in exclude]
+    kept = lambda text: not any(b in text.lower() for b in banned)  # noqa: E731
+    # What can still be found, and how many captions of each the answer reads: a memorized image has
+    # one caption; an instance needs its share of n. The scan stops when each has them (scanning for
+    # a fixed total instead read 20k+ scenes when only a rare output was left: most of a closed-form
+    # erase's time).
+    wanted = {k: 1 for k, m in MEMORIZED.items() if kept(m.caption)}
+    instances = [k for k, inst in INSTANCES.items()
+                 if any(kept(s.format(n=inst.name, o=inst.object)) for s in TRAIN_INSTANCE_SUBJECTS)]
+    wanted.update({k: -(-n // max(1, len(wanted) + len(instances))) for k in instances})
     rng = np.random.default_rng([seed, 13])
     found: dict[str, list[str]] = {}
+    missing = set(wanted)
     i = 0
-    while sum(map(len, found.values())) < 4 * n and i < 200_000:
+    while missing and i < 200_000:
         scene = sample_scene(scene_rng(seed + 10_000_000, i))
         i += 1
         what = scene.memorized or scene.instance
         if not what:
             continue
-        text = caption(scene, rng, held_out=False)
-        if not any(b in text.lower() for b in banned):
+        text = caption(scene, rng, held_out=False)  # drawn for every such scene: the same captions whatever is excluded
+        if kept(text):
             found.setdefault(what, []).append(text)
+            if len(found[what]) >= wanted.get(what, 0):
+                missing.discard(what)
     if not found:
         return []
     groups = [found[k] for k in sorted(found)]
