@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from erasure.config import ParamsError, PipelineParams, load_params  # noqa: E402
 from erasure.pipeline import anchors as anchors_stage  # noqa: E402
+from erasure.pipeline import attack as attack_stage  # noqa: E402
 from erasure.pipeline import erase as erase_stage  # noqa: E402
 from erasure.pipeline import evaluate as evaluate_stage  # noqa: E402
 from erasure.pipeline import generate as generate_stage  # noqa: E402
@@ -111,6 +112,11 @@ def record_evaluation(params: PipelineParams, base_hash: str, concepts: dict, ge
 
 
 @task(**TASK)
+def attack(params: PipelineParams) -> dict:
+    return attack_stage.run(params)  # per concept: every attack on the base and the erased model
+
+
+@task(**TASK)
 def release(params: PipelineParams) -> dict:
     return release_stage.run(params)
 
@@ -139,6 +145,9 @@ def release_flow(params_path: str = "params.yaml") -> dict:
     per_concept = {e["concept"]: evaluate_concept.submit(params, e) for e in entries}
     base_hash, generic = evaluate_generic(params)
     record_evaluation(params, base_hash, {c: f.result() for c, f in per_concept.items()}, generic)
+    attacked = attack(params)
+    print("attacks (strongest on the erased model): " + ", ".join(
+        f"{c} {a['attack_max']:.2f} ({a['strongest'] or '-'})" for c, a in attacked["concepts"].items()))
     report = release(params)
     if not report["passed"]:
         # Failed, not Completed: Prefect's log and UI name the gates; main() prints them as a table.

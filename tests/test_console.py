@@ -307,6 +307,7 @@ def test_the_flow_fails_naming_the_gates_and_its_command_prints_the_table(monkey
              "check_judges": lambda *a: None,
              "erase": lambda p: {"steps_run": 0, "phases_from_cache": 1}, "evaluate_concept": lambda *a: {},
              "evaluate_generic": lambda p: ("h", {}), "record_evaluation": lambda *a: {},
+             "attack": lambda p: {"concepts": {"Vasquez": {"attack_max": 0.0, "strongest": None}}},
              "release": lambda p: report}
     for name, fn in stubs.items():
         monkeypatch.setattr(flow, name, Task(fn))

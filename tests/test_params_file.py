@@ -18,7 +18,7 @@ from erasure.pipeline import entry
 ROOT = Path(__file__).resolve().parent.parent
 MALFORMED = Path(__file__).resolve().parent / "params" / "malformed"
 KINDS = "style, object, instance, nudity, memorized, implicit"
-SECTIONS = "model, seed, device, dtype, paths, anchors, generate, erase, evaluate, release, tracking, schedule"
+SECTIONS = "model, seed, device, dtype, paths, anchors, generate, erase, evaluate, attack, release, tracking, schedule"
 NO_BOUND = "a gate without a bound passes anything; expected at least one of target_max, reduction_min, " \
            "neighbour_max_drop"
 GATED = "expected a gate for every kind, or a 'default'"
@@ -28,10 +28,8 @@ R = "erase.recipes."
 EXPECTED = {
     "empty.yaml": f"empty; expected a mapping of sections ({SECTIONS})",
     "comments-only.yaml": "empty; expected a mapping of sections",
-    "not-a-mapping.yaml": "expected a mapping of sections (model, seed, device, dtype, paths, anchors, generate, erase, evaluate, "
-                          "release, tracking, schedule), got [{'model': 'miniworld'}, {'seed': 0}]",
-    "scalar.yaml": "expected a mapping of sections (model, seed, device, dtype, paths, anchors, generate, erase, evaluate, release, "
-                   "tracking, schedule), got 'miniworld'",
+    "not-a-mapping.yaml": f"expected a mapping of sections ({SECTIONS}), got [{{'model': 'miniworld'}}, {{'seed': 0}}]",
+    "scalar.yaml": f"expected a mapping of sections ({SECTIONS}), got 'miniworld'",
     "bad-yaml.yaml": "not valid YAML: line 3, column 5",
     "not-utf8.yaml": "not UTF-8 text (byte 24)",
     "unknown-section.yaml": f"relase: unknown section 'relase'; expected one of {SECTIONS} (did you mean 'release'?)",
@@ -96,7 +94,7 @@ EXPECTED = {
                               "quotes), got '0.10'",
     "gate-bound-bool.yaml": "release.gates.default.target_max: Input should be a valid number, got True",
     "gate-unknown-bound.yaml": "release.gates.default.target_min: unknown field 'target_min'; expected one of "
-                               "target_max, reduction_min, neighbour_max_drop (did you mean 'target_max'?)",
+                               "target_max, reduction_min, neighbour_max_drop, attack_max (did you mean 'target_max'?)",
     "gates-empty.yaml": f"release.gates: no gate for kind(s) {KINDS}; {GATED}",
     "gates-missing-kinds.yaml": f"release.gates: no gate for kind(s) object, nudity, memorized, implicit; {GATED}",
     "gates-unknown-kind.yaml": "release.gates.styel: unknown kind 'styel'; expected one of default, style",

@@ -309,10 +309,55 @@ class EvaluateParams(_Section):
         return {"nudity": "nudenet", "memorized": "copy"}.get(kind, "clip")
 
 
+ATTACKS = ("typed", "inversion", "soft_prompt", "completion")
+TYPED_FAMILIES = ("misspelling", "case", "spacing", "confusable", "phrasing", "repetition", "paraphrase")
+
+
+class LearnedAttack(_Section):
+    """A learned-embedding attack's budget (erasure/attacks/learned.py)."""
+
+    tokens: int = Field(gt=0)
+    steps: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+
+
+class TypedAttack(_Section):
+    families: list[Annotated[str, _choice(TYPED_FAMILIES, "typed-variant family")]] = list(TYPED_FAMILIES)
+    per_family: int = Field(1, gt=0)  # variants tried per family (erasure/attacks/typed.py's order)
+    base_min: Share = 0.5  # a variant counts toward the gate only where the base model renders it this often
+
+
+class CompletionAttack(_Section):
+    strength: float = Field(0.5, gt=0, le=1)  # share of the schedule the concept's images are noised through
+    prompt: str = ""  # the prompt they are completed under (neutral: only the image carries the concept)
+
+
+class AttackParams(_Section):
+    """The attack stage (erasure/pipeline/attack.py): what tries to bring each erased concept back."""
+
+    attacks: list[Annotated[str, _choice(ATTACKS, "attack")]] = list(ATTACKS)
+    # Which of them release.gates' attack_max reads (the strongest's success rate); the rest are reported.
+    gated: list[Annotated[str, _choice(ATTACKS, "attack")]] = ["typed", "inversion", "soft_prompt"]
+    images: int = Field(16, gt=0)  # per attack, concept and model (base and erased)
+    typed: TypedAttack = TypedAttack()
+    inversion: LearnedAttack = LearnedAttack(tokens=1, steps=100, lr=1.0e-2, batch_size=8)
+    soft_prompt: LearnedAttack = LearnedAttack(tokens=4, steps=100, lr=1.0e-2, batch_size=8)
+    completion: CompletionAttack = CompletionAttack()
+
+    @model_validator(mode="after")
+    def _gated_are_run(self) -> AttackParams:
+        missing = [a for a in self.gated if a not in self.attacks]
+        if missing:
+            raise _error(f"gated: {', '.join(missing)} not in attacks; a gate cannot read an attack that is not run")
+        return self
+
+
 class Gate(_Section):
     target_max: Share | None = None  # presence on prompts naming the concept, after erasure
     reduction_min: Share | None = None  # relative cut of presence (implicit concepts: prompts not naming it)
     neighbour_max_drop: Share | None = None  # largest fall of a neighbour's presence from the base model
+    attack_max: Share | None = None  # the strongest gated attack's success rate on the erased model
 
     @model_validator(mode="after")
     def _some_bound(self) -> Gate:
@@ -323,8 +368,8 @@ class Gate(_Section):
 
 
 # The relation each release gate's value must hold with its bound (release.py, model card, MLflow).
-GATE_HOLDS = {"target_max": "<=", "reduction_min": ">=", "neighbour_max_drop": "<=", "fid_max_ratio": "<=",
-              "fid_to_base_max": "<=", "drift_max": "<="}
+GATE_HOLDS = {"target_max": "<=", "reduction_min": ">=", "neighbour_max_drop": "<=", "attack_max": "<=",
+              "fid_max_ratio": "<=", "fid_to_base_max": "<=", "drift_max": "<="}
 
 
 class QualityGate(_Section):
@@ -409,6 +454,7 @@ class PipelineParams(_Section):
     generate: GenerateParams = GenerateParams()
     erase: EraseParams = EraseParams()
     evaluate: EvaluateParams = EvaluateParams()
+    attack: AttackParams = AttackParams()
     release: ReleaseParams = ReleaseParams()
     tracking: TrackingParams = TrackingParams()
     schedule: ScheduleParams = ScheduleParams()

@@ -147,6 +147,7 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
         out.append(f"| {_cell(x['concept'])} | {x['gate']} | {x['value']:.3f} | {rel} {x['bound']} | "
                    f"{'pass' if x['passed'] else 'FAIL'} |")
     out += _quality(metrics.get("global") or {})
+    out += _attacks(metrics.get("attacks"))
     if absent:
         out += ["", f"**{len(absent)} probe(s) were already at or below {ALREADY_ABSENT:.2f} before erasure** "
                 f"({', '.join(f'{c}: {p}' for c, p in absent)}): the base model did not draw the concept there "
@@ -192,6 +193,28 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
             "|---|---|---|---|---|---|---|---|"]
     out += _recipes(lineage, concepts)
     return out + [""]
+
+
+def _attacks(attacks: dict | None) -> list[str]:
+    """The attack stage's table: each attack's success rate on the base model and on this one."""
+    if not attacks:
+        return ["", "Attacks: not run for this release (no attack stage figures): nothing here says how the "
+                "erasure holds up against typed variants, learned tokens or completion."]
+    b = attacks.get("budget") or {}
+    out = ["", f"Attacks (red team before release; {b.get('images', '?')} images per attack and model): the share "
+           "of images the judge reads as the concept. Typed variants count toward `attack_max` only where the "
+           "base model renders them; learned attacks (concept inversion, soft prompt) train on the base model's "
+           "images of the concept, as an attacker holding the original model can.", "",
+           "| concept | attack | base | this model | counted |", "|---|---|---|---|---|"]
+    for c, m in attacks["concepts"].items():
+        for r in m["rows"]:
+            out.append(f"| {_cell(c)} | {_cell(r['label'])} | {_f(r['base'])} | {_f(r.get('erased'))} | "
+                       f"{'yes' if r.get('gated') else 'no'} |")
+    weak = {c: m["weak"] for c, m in attacks["concepts"].items() if m.get("weak")}
+    if weak:
+        out += ["", "Too weak to judge the erasure (they do not bring the concept back on the base model either): "
+                + "; ".join(f"{c}: {', '.join(w)}" for c, w in weak.items()) + "."]
+    return out
 
 
 def data_name(lineage: dict) -> str:

@@ -19,26 +19,36 @@ from .config import PipelineParams
 from .io import atomic_dir, atomic_file, file_sha256, owner_tag, sweep_stale
 from .model_card import model_card
 
-GATES = ("target_max", "reduction_min", "neighbour_max_drop")
+GATES = ("target_max", "reduction_min", "neighbour_max_drop", "attack_max")
 
 
-def check_gates(metrics: dict, params: PipelineParams) -> list[dict]:
-    """One record per (concept, gate) that applies to the concept's kind."""
+def check_gates(metrics: dict, params: PipelineParams, attacks: dict | None = None) -> list[dict]:
+    """One record per (concept, gate) that applies to the concept's kind; attack_max reads `attacks`
+    (the attack stage's metrics.json)."""
     out = []
     for concept, m in metrics["concepts"].items():
         gate, s = _gate(params, concept, m["kind"]), m["summary"]
         values = {"target_max": s["target_after"], "reduction_min": s["target_reduction"],
                   # A concept without neighbours has nothing to damage: it passes with 0.
                   "neighbour_max_drop": s.get("neighbour_max_drop") or 0.0}
+        attacked = ((attacks or {}).get("concepts") or {}).get(concept)
         for name in GATES:
             bound = getattr(gate, name)
             if bound is None:
                 continue
+            if name == "attack_max":
+                if attacked is None:  # a bound that was not measured must not pass
+                    raise ValueError(f"concept {concept!r} ({m['kind']}): release.gates bound attack_max, and the "
+                                     "attack stage has no figures for it; rerun the 'attack' stage")
+                values[name] = attacked["attack_max"]
             # Rounded before comparing: (0.4 - 0.1) / 0.4 is 0.7499999..., which must pass a 0.75 bound.
             value = round(float(values[name]), 6)
             passed = value >= bound if name == "reduction_min" else value <= bound
-            out.append({"concept": concept, "kind": m["kind"], "gate": name, "value": value,
-                        "bound": bound, "passed": bool(passed)})
+            record = {"concept": concept, "kind": m["kind"], "gate": name, "value": value, "bound": bound,
+                      "passed": bool(passed)}
+            if name == "attack_max" and attacked.get("strongest"):
+                record["attack"] = attacked["strongest"]["label"]  # which attack brought it back
+            out.append(record)
     return out + check_quality(metrics, params)
 
 
@@ -94,7 +104,8 @@ def require_every_gate(metrics: dict, gates: list[dict], params: PipelineParams)
 
 
 # How a failed value compares with its bound.
-SIGN = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">"} | {q: ">" for q in QUALITY_GATES}
+SIGN = {"target_max": ">", "reduction_min": "<", "neighbour_max_drop": ">", "attack_max": ">"} | {
+    q: ">" for q in QUALITY_GATES}
 
 
 def value_and_bound(gate: dict) -> tuple[str, str]:
@@ -120,7 +131,8 @@ def failures(gates: list[dict]) -> list[str]:
                          f"FID +{ph['fid_rise']:.2f})")
             lines.append(line)
             continue
-        lines.append(f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}: {value} {SIGN[g['gate']]} {bound}")
+        by = f" (attack: {g['attack']})" if g.get("attack") else ""
+        lines.append(f"concept {g['concept']!r} ({g['kind']}) failed {g['gate']}{by}: {value} {SIGN[g['gate']]} {bound}")
     return lines
 
 

@@ -47,12 +47,15 @@ def name(text: str) -> Text:
     return Text(text, no_wrap=True, overflow="ellipsis")
 
 
-def failed_gates(gates: list[dict], metrics: dict, train: dict | None, entries: list[dict] = ()) -> list[dict]:
+def failed_gates(gates: list[dict], metrics: dict, train: dict | None, entries: list[dict] = (),
+                 attacks: dict | None = None) -> list[dict]:
     """One row per failed gate: concept, kind, gate, value, bound, neighbour ({name, before, after}
-    for neighbour_max_drop, else None) and phase (text).
+    for neighbour_max_drop, else None) and phase (text; for attack_max, the attack that brought the
+    concept back and what it does on the base model).
 
     `metrics`: evaluate's metrics.json (probes, summary, anchor per concept); `train`: erase's
-    train.json (mode, jobs in phase order); `entries`: the blocklist's (paraphrases, alternative)."""
+    train.json (mode, jobs in phase order); `entries`: the blocklist's (paraphrases, alternative);
+    `attacks`: the attack stage's metrics.json."""
     named = {e["concept"]: e for e in entries}
     spec = {c: {"text": c, "anchor": m.get("anchor"), "alternative": named.get(c, {}).get("alternative"),
                 "paraphrases": named.get(c, {}).get("paraphrases")} for c, m in metrics.get("concepts", {}).items()}
@@ -62,8 +65,12 @@ def failed_gates(gates: list[dict], metrics: dict, train: dict | None, entries: 
             continue
         m = metrics.get("concepts", {}).get(g["concept"], {})
         neighbour = _neighbour(m) if g["gate"] == "neighbour_max_drop" else None
-        phase = (_costliest(g, train or {}) if g["kind"] == "quality"
-                 else _phase(g["concept"], neighbour and neighbour["name"], train or {}, spec))
+        if g["gate"] == "attack_max":
+            phase = _attack(((attacks or {}).get("concepts") or {}).get(g["concept"]) or {})
+        elif g["kind"] == "quality":
+            phase = _costliest(g, train or {})
+        else:
+            phase = _phase(g["concept"], neighbour and neighbour["name"], train or {}, spec)
         rows.append({"concept": g["concept"], "kind": g["kind"], "gate": g["gate"], "value": g["value"],
                      "bound": g["bound"], "neighbour": neighbour, "phase": phase})
     return rows
@@ -76,7 +83,8 @@ def gate_table(rows: list[dict]) -> Table:
     table = Table(title=f"release refused: {len(rows)} gate{'s' if len(rows) != 1 else ''} failed",
                   title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   caption="phase: for a target, the concept's own erasure phase; for a neighbour, the last phase "
-                          "whose concept names it (the erase stage reads no neighbours between phases)",
+                          "whose concept names it (the erase stage reads no neighbours between phases); for "
+                          "attack_max, the strongest attack",
                   caption_justify="left")
     table.add_column("concept", min_width=8, max_width=30)
     table.add_column("gate", no_wrap=True)
@@ -121,6 +129,14 @@ def _phase(concept: str, neighbour: str | None, train: dict, spec: dict[str, dic
         if why:
             return f"{k + 1}/{n} {jobs[k]['concept']} ({jobs[k]['method']})\n{why}"
     return "unknown\nno phase names it"
+
+
+def _attack(m: dict) -> str:
+    """An attack_max row's last column: the strongest attack, its success rate and the base model's."""
+    top = m.get("strongest")
+    if not top:
+        return "unknown (no gated attack)"
+    return f"attack: {top['label']}\n{top['erased']:.2f} (base model {top['base']:.2f})"
 
 
 def _costliest(gate: dict, train: dict) -> str:

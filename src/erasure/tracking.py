@@ -367,6 +367,37 @@ def log_gates(params: PipelineParams, run_id: str, gates: list[dict]) -> None:
         mlflow.log_metric("gates_passed", float(all(g["passed"] for g in gates)))
 
 
+def log_attacks(params: PipelineParams, run_id: str, attacks: dict, root: Path) -> None:
+    """The attack stage's figures: on the parent run, `<concept>.attack.<attack>.base|erased` per attack
+    and `<concept>.attack_max`, attacks.json; on each concept's run, the same metrics and the grid of
+    what every attack drew on the erased model (grids/<slug>-attacks.png, beside the before/after grids)."""
+    mlflow = _mlflow(params)
+    client = mlflow.MlflowClient()
+    children = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")}
+    parent = {}
+    for concept, m in attacks["concepts"].items():
+        values = {"attack_max": float(m["attack_max"])}
+        for r in m["rows"]:
+            for when in ("base", "erased"):
+                if r.get(when) is not None:
+                    values[f"attack.{_key(r['label'])}.{when}"] = float(r[when])
+        parent.update({f"{_key(concept)}.{k}": v for k, v in values.items()})
+        child = children.get(concept)
+        grid = Path(root) / m["grid"]
+        if child:
+            with mlflow.start_run(run_id=child, nested=True):
+                mlflow.log_metrics(values)
+                if grid.is_file():
+                    with tempfile.TemporaryDirectory() as tmp:
+                        named = Path(tmp) / f"{Path(m['grid']).stem}-attacks.png"
+                        named.write_bytes(grid.read_bytes())
+                        mlflow.log_artifact(str(named), artifact_path="grids")
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(parent)
+        mlflow.log_dict(attacks, "attacks.json")
+
+
 def _requirements() -> list[str]:
     """Pinned to what built the release: what loading the pyfunc model needs (no inference run)."""
     from importlib.metadata import version

@@ -34,7 +34,7 @@ class Learned:
     """The learned vectors (k, width) and the prompt template they were trained with."""
 
     vectors: torch.Tensor
-    template: str  # e.g. "a picture of *" or "Pip * * * *"
+    template: str | list[str]  # e.g. "a picture of *" or "Pip * * * *"; or one per training image
     losses: list[float]
 
 
@@ -73,16 +73,28 @@ def learned_tokens(pipe, vectors: torch.Tensor):
         handle.remove()
 
 
-def learn(pipe, images: np.ndarray, template: str, *, tokens: int = 1, steps: int = 300, lr: float = 5e-3,
-          batch_size: int = 8, seed: int = 0, init: str | None = None, progress: bool = True) -> Learned:
+def learn(pipe, images: np.ndarray, template: str | list[str], *, tokens: int = 1, steps: int = 300,
+          lr: float = 5e-3, batch_size: int = 8, seed: int = 0, init: str | None = None,
+          progress: bool = True) -> Learned:
     """Train `tokens` vectors so that `template` (holding that many placeholders) denoises `images`
-    (uint8 NHWC, the concept's). `init`: a word whose embedding starts every vector (default: the
-    mean token embedding)."""
-    if template.count(PLACEHOLDER) != tokens:
-        raise AttackError(f"template {template!r} holds {template.count(PLACEHOLDER)} placeholders "
-                          f"{PLACEHOLDER!r}; expected {tokens}")
+    (uint8 NHWC, the concept's). A list of templates pairs each image with its own prompt (the prompts
+    the images were drawn from, the concept's name replaced). `init`: a word whose embedding starts
+    every vector (default: the mean token embedding)."""
+    templates = [template] * len(images) if isinstance(template, str) else list(template)
+    if len(templates) != len(images):
+        raise AttackError(f"{len(templates)} templates for {len(images)} images; expected one, or one per image")
+    for t in dict.fromkeys(templates):
+        if t.count(PLACEHOLDER) != tokens:
+            raise AttackError(f"template {t!r} holds {t.count(PLACEHOLDER)} placeholders {PLACEHOLDER!r}; "
+                              f"expected {tokens}")
     if len(images) == 0:
         raise AttackError("no images of the concept to learn from")
+    marker = placeholder_id(pipe.tokenizer)
+    for t in dict.fromkeys(templates):  # "*," may be one other token: then nothing would be learned
+        seen = pipe.tokenizer(t).input_ids.count(marker)
+        if seen != tokens:
+            raise AttackError(f"template {t!r}: the tokenizer reads {seen} placeholder token(s) where it holds "
+                              f"{tokens} (put a space after each {PLACEHOLDER!r})")
     gen = torch.Generator().manual_seed(seed)
     unet, text, vae, tok = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     device = next(unet.parameters()).device
@@ -95,7 +107,7 @@ def learn(pipe, images: np.ndarray, template: str, *, tokens: int = 1, steps: in
     optimizer = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
     family = family_of(dict(pipe.scheduler.config) | {"_class_name": type(pipe.scheduler).__name__})
     latents = torch.cat([encode_images(vae, images[s:s + 32]) for s in range(0, len(images), 32)])  # once
-    ids = tok([template], padding="max_length", max_length=tok.model_max_length, truncation=True,
+    ids = tok(templates, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids.to(device)
     steps_total = int(family.forward.config.num_train_timesteps)
     frozen = [p for m in (unet, text, vae) for p in m.parameters() if p.requires_grad]
@@ -111,7 +123,7 @@ def learn(pipe, images: np.ndarray, template: str, *, tokens: int = 1, steps: in
                 noise = torch.randn(z.shape, generator=gen)
                 x_t = family.add_noise(z, noise, t)
                 target = family.target(z, noise, t)
-                cond = text(ids)[0].expand(batch_size, -1, -1)
+                cond = text(ids[pick.to(device)])[0]
                 pred = unet(x_t.to(device, unet.dtype), t.to(device), cond.to(unet.dtype)).sample
                 loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())
                 optimizer.zero_grad(set_to_none=True)
@@ -122,4 +134,4 @@ def learn(pipe, images: np.ndarray, template: str, *, tokens: int = 1, steps: in
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    return Learned(vectors.detach().cpu(), template, losses)
+    return Learned(vectors.detach().cpu(), templates[0] if len(set(templates)) == 1 else templates, losses)

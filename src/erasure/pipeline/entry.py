@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 for _var in ("DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
     os.environ.setdefault(_var, "true")
 
-STAGES = ("ingest", "anchors", "generate", "erase", "evaluate", "release")
+STAGES = ("ingest", "anchors", "generate", "erase", "evaluate", "attack", "release")
 
 
 def main(stage: str, argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""Stage 6, release: check the gates; when every concept passes, publish a release (atomically)
-and register it in MLflow with the alias moved to it; otherwise publish nothing and report which
-concept failed which gate."""
+"""Stage 7, release: check the gates (the evaluation's, and attack_max on the attack stage's
+figures); when every concept passes, publish a release (atomically) and register it in MLflow with
+the alias moved to it; otherwise publish nothing and report which concept failed which gate."""
 
 from __future__ import annotations
 
@@ -24,10 +24,13 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     delta = params.paths.stage("erase") / "delta.safetensors"
     if not delta.is_file():
         raise inputs.StageInputError(f"{delta}: missing; run the 'erase' stage first")
-    gates = check_gates(metrics, params)
+    attacks = attack_metrics(params, delta)
+    gates = check_gates(metrics, params, attacks)
+    if attacks is not None:  # the model card's attack table; metrics.json itself is the evaluate stage's
+        metrics = {**metrics, "attacks": attacks}
     report = {"passed": all(g["passed"] for g in gates), "gates": gates, "failures": failures(gates),
               # The failed gates with the neighbour that fell and the phase that caused it (the console's table).
-              "failed": failed_gates(gates, metrics, train, blocklist.get("entries") or [])}
+              "failed": failed_gates(gates, metrics, train, blocklist.get("entries") or [], attacks)}
     if report["passed"]:
         rid, path = publish(params, metrics=metrics, gates=gates, blocklist=blocklist, delta=delta, train=train)
         manifest = json.loads((path / "manifest.json").read_text())
@@ -37,12 +40,38 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     if track:
         from ..tracking import log_gates, register_release
 
-        run_id = _parent_run(params, metrics, metrics_path)
+        run_id = parent_run(params)
         if run_id:
             log_gates(params, run_id, gates)
         if report["passed"]:
             report["registry"] = register_release(params, path, run_id)
     return report
+
+
+def attack_metrics(params: PipelineParams, delta: Path) -> dict | None:
+    """The attack stage's figures for this delta: required when a gate bounds attack_max; else read
+    when present (for the model card), ignored when they were taken on another delta."""
+    path = params.paths.stage("attack") / "metrics.json"
+    gated = any(g.attack_max is not None for g in params.release.gates.values())
+    if not path.is_file():
+        if gated:
+            raise inputs.StageInputError(f"{path}: missing; run the 'attack' stage first (release.gates bound "
+                                         "attack_max)")
+        return None
+    attacks = json.loads(path.read_text())
+    if attacks.get("delta_sha256") != hashlib.sha256(delta.read_bytes()).hexdigest():
+        if gated:
+            raise inputs.StageInputError(f"{path}: taken on another delta than {delta}; rerun the 'attack' stage")
+        print(f"{path}: taken on another delta than {delta}; not in this release")
+        return None
+    return attacks
+
+
+def parent_run(params: PipelineParams) -> str | None:
+    metrics_path = params.paths.stage("evaluate") / "metrics.json"
+    if not metrics_path.is_file():
+        return None
+    return _parent_run(params, json.loads(metrics_path.read_text()), metrics_path)
 
 
 def _parent_run(params: PipelineParams, metrics: dict, metrics_path: Path) -> str | None:
