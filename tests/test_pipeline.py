@@ -34,6 +34,10 @@ def tiny_params(tmp: Path, blocklist: Path, steps: int = 3, **gates) -> Path:
         o.update({k: 4 for k in ("context_prompts", "anchor_images") if k in o})
         o.update({"ddim_steps": 4} if key.startswith("esd") else {"anchor_steps": 4})
     p["erase"]["checkpoint_every"] = 2
+    # Every attack, at a few images and steps: the stage's mechanics (tests/test_attacks.py: their power).
+    p["attack"].update(images=2, inversion={"tokens": 1, "steps": 2, "lr": 0.01, "batch_size": 2},
+                       soft_prompt={"tokens": 2, "steps": 2, "lr": 0.01, "batch_size": 2})
+    p["attack"]["typed"]["families"] = ["phrasing", "paraphrase"]
     # Toy training erases little: gates wide open, so the release path itself is what is tested.
     p["release"]["gates"] = {"default": {"target_max": 1.0, "neighbour_max_drop": 1.0, **gates}}
     p["release"]["quality"] = {"fid_max_ratio": 1e6, "drift_max": 1.0}
@@ -59,12 +63,13 @@ def _blocklist(tmp: Path, extra: list[dict] = ()) -> Path:
 
 
 def _run_stages(params_path: Path) -> dict:
-    from erasure.pipeline import anchors, erase, evaluate, generate, ingest, release
+    from erasure.pipeline import anchors, attack, erase, evaluate, generate, ingest, release
 
     params = load_params(params_path)
     out = {"ingest": ingest.run(params), "anchors": anchors.run(params), "generate": generate.run(params),
            "erase": erase.run(params, progress=False)}
     out["evaluate"] = evaluate.run(params)
+    out["attack"] = attack.run(params)
     out["release"] = release.run(params)
     return out
 
@@ -91,6 +96,66 @@ def test_stages_publish_a_release_with_every_concept(staged):
     assert first["erase"]["steps_run"] == 8 and first["erase"]["phases_from_cache"] == 0
     card = (Path(first["release"]["path"]) / "MODEL_CARD.md").read_text()
     assert all(f"| {c} |" in card for c in first["evaluate"]["concepts"])
+    assert "| Pip | inversion |" in card and "| Pip | completion |" in card  # the attack table
+
+
+def _attack_files(tmp: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(tmp)): f.read_bytes() for f in sorted((tmp / "cache" / "attacks").rglob("*.json"))}
+
+
+def test_the_attack_stage_is_cached_resumable_and_reproducible(staged):
+    """Every (model, concept) result is cached whole: a rerun attacks nothing again; one whose entry is
+    gone (a stage killed before that concept) redoes it alone, to the same figures."""
+    from erasure.pipeline import attack
+
+    tmp, params_path, first = staged
+    params = load_params(params_path)
+    metrics = (tmp / "work" / "attack" / "metrics.json").read_bytes()
+    entries = _attack_files(tmp)
+    assert len(entries) == 2 * 4  # base and erased, per concept
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        again = attack.run(params, track=False)
+        assert _attack_files(tmp) == entries and again == first["attack"]
+        assert (tmp / "work" / "attack" / "metrics.json").read_bytes() == metrics
+        gone = sorted(entries)[0]
+        (tmp / gone).unlink()
+        (tmp / gone).with_suffix(".npz").unlink()
+        attack.run(params, track=False)
+    finally:
+        os.chdir(cwd)
+    assert _attack_files(tmp) == entries  # redone, bit for bit (seeded, on the CPU)
+    assert (tmp / "work" / "attack" / "metrics.json").read_bytes() == metrics
+
+
+def test_a_concept_the_attacks_bring_back_is_refused(staged):
+    """attack_max bounded: completion from little noise redraws Pip's own images, so Pip is recovered;
+    the release is refused, and the report names the concept, the attack, its success rate and the gate."""
+    from erasure.pipeline import attack, release
+
+    tmp, params_path, _ = staged
+    p = yaml.safe_load(params_path.read_text())
+    p["attack"].update(attacks=["completion"], gated=["completion"], completion={"strength": 0.2, "prompt": ""})
+    p["release"]["gates"]["default"]["attack_max"] = 0.0
+    p["paths"].update(releases=str(tmp / "releases-attacked"), work=str(tmp / "work-attacked"))
+    shutil.copytree(tmp / "work", tmp / "work-attacked")  # the other tests read the fixture's work/
+    path = tmp / "params-attacked.yaml"
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    params = load_params(path)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        attacked = attack.run(params, track=False)
+        report = release.run(params, track=False)
+    finally:
+        os.chdir(cwd)
+    assert attacked["concepts"]["Pip"]["attack_max"] > 0
+    assert not report["passed"] and not (tmp / "releases-attacked").exists()
+    row = next(r for r in report["failed"] if r["concept"] == "Pip")
+    assert row["gate"] == "attack_max" and row["phase"].startswith("attack: completion")
+    rate = attacked["concepts"]["Pip"]["attack_max"]
+    assert f"concept 'Pip' (instance) failed attack_max (attack: completion): {rate:.2f} > 0.00" in report["failures"]
 
 
 def _flow(params_path: Path, **kw) -> subprocess.Popen:

@@ -5,7 +5,8 @@ import torch
 
 from erasure.concept import Concept
 from erasure.delta import load_delta
-from erasure.methods.uce import UCEOptions, aligned_positions, closed_form, erase_pairs, erase_vectors, projections
+from erasure.methods.uce import (UCEOptions, adversarial_outputs, aligned_positions, closed_form, erase_pairs,
+                                 erase_vectors, projections)
 from erasure.models import load_pipeline, weights_hash
 from erasure.trainer import EraseSettings, erase, plan
 
@@ -27,6 +28,33 @@ def test_closed_form_maps_each_target_onto_its_anchor_exactly_without_preservati
     assert (P @ Wp.T - P @ W0.T).norm() < (P @ W.T - P @ W0.T).norm()
     assert (C @ Wp.T - A @ W0.T).norm() > 1e-6  # no longer exact
     assert (C @ Wp.T - A @ W0.T).norm() < (C @ W0.T - A @ W0.T).norm()  # still moved toward the anchors
+
+
+def test_robust_rounds_leave_no_nearby_output_that_gives_the_concept_back():
+    """RECE's closed form: after plain UCE an output of the encoder's size still reproduces the concept's
+    original keys and values through the edited projections; each round erases the one found, and what
+    later rounds find reproduces them far less."""
+    g = torch.Generator().manual_seed(0)
+    d, out, layers = 12, 16, 4
+    W0s = [torch.randn(out, d, generator=g, dtype=torch.float64) for _ in range(layers)]
+    C = torch.randn(3, d, generator=g, dtype=torch.float64)
+    A = torch.randn(3, d, generator=g, dtype=torch.float64)
+    P = torch.randn(6, d, generator=g, dtype=torch.float64)
+    s = torch.ones(3, dtype=torch.float64)
+
+    def recovered(Cs, As, ss):  # the concept's original outputs, as near as a found output gets them
+        Ws = [closed_form(W0, Cs, As, P, ss, 1.0, 0.1) for W0 in W0s]
+        e = adversarial_outputs(W0s, Ws, C, lam=1.0)
+        assert e.norm(dim=1).max() < 10 * C.norm(dim=1).max()  # of the encoder's own scale
+        gap = sum(((e @ W.T) - (C @ W0.T)).norm() ** 2 for W, W0 in zip(Ws, W0s))
+        return float(gap), e
+
+    gaps, Cs, As, ss = [], C, A, s
+    for _ in range(4):
+        gap, e = recovered(Cs, As, ss)
+        gaps.append(gap)
+        Cs, As, ss = torch.cat([Cs, e]), torch.cat([As, A]), torch.cat([ss, s])
+    assert min(gaps[1:]) > 2 * gaps[0], gaps
 
 
 def test_aligned_positions_map_the_span_and_everything_after_it():

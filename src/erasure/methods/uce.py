@@ -49,6 +49,12 @@ class UCEOptions(Options):
     preserve_prompts: int = Field(64, ge=0)  # ordinary captions naming none of the phase's concepts
     preserve_erased: bool = True  # sequential: keep earlier phases' erased targets as they are
     preserve_fragile: float = Field(0.25, ge=0, le=1)  # of preserve_prompts: the world's fragile outputs (prompts.py)
+    # Robust erasure (RECE, Gong et al. 2024): after the solve, each round finds for every erase vector
+    # the text-encoder output that the edited projections turn back into the concept's original keys
+    # and values (closed form, all layers at once), adds it to the erase vectors, and solves again.
+    # What a learned token or soft prompt can reach is such an output; 0: plain UCE.
+    robust_rounds: int = Field(0, ge=0)
+    robust_lambda: float = Field(1.0, gt=0)  # norm penalty on the found outputs (larger: nearer the encoder's range)
 
 
 class UCE:
@@ -113,13 +119,18 @@ class UCE:
             # keeps its erased output, a star, which the star's own erasure must change.
             names = tuple(c.text for c, _ in concepts)
             keep.extend(erase_vectors(bench, c, options, seed, avoid=names)[0] for c in done)
-        C, A, s = torch.cat(sources), torch.cat(targets), torch.cat(scales)
-        P = torch.cat(keep) if keep else C[:0]
-        for _, layer in projections(bench.model.unet, options.projections):
-            W0 = layer.weight
-            W = closed_form(W0.detach().double().cpu(), C.double(), A.double(), P.double(), s.double(),
-                            options.preserve_scale, options.lamb)  # solved on the CPU in float64
-            W0.copy_(W.to(W0.dtype))  # back to wherever the UNet is
+        C, A, s = torch.cat(sources).double(), torch.cat(targets).double(), torch.cat(scales).double()
+        P = torch.cat(keep).double() if keep else C[:0]
+        layers = [layer for _, layer in projections(bench.model.unet, options.projections)]
+        W0s = [layer.weight.detach().double().cpu() for layer in layers]  # solved on the CPU in float64
+        Ws = [closed_form(W0, C, A, P, s, options.preserve_scale, options.lamb) for W0 in W0s]
+        n = len(C)
+        for _ in range(options.robust_rounds):
+            found = adversarial_outputs(W0s, Ws, C[:n], options.robust_lambda)
+            C, A, s = torch.cat([C, found]), torch.cat([A, A[:n]]), torch.cat([s, s[:n]])
+            Ws = [closed_form(W0, C, A, P, s, options.preserve_scale, options.lamb) for W0 in W0s]
+        for layer, W in zip(layers, Ws):
+            layer.weight.copy_(W.to(layer.weight.dtype))  # back to wherever the UNet is
         return len(C)
 
 
@@ -132,6 +143,17 @@ def closed_form(W0: torch.Tensor, C: torch.Tensor, A: torch.Tensor, P: torch.Ten
     R = (A - C) @ W0.T  # (n, out): the change each erase vector's output needs
     M = (C.T * erase_scale) @ C + preserve_scale * (P.T @ P) + lamb * torch.eye(W0.shape[1], dtype=W0.dtype)
     return W0 + (R.T * erase_scale) @ C @ torch.linalg.pinv(M, hermitian=True)
+
+
+def adversarial_outputs(W0s: list[torch.Tensor], Ws: list[torch.Tensor], C: torch.Tensor,
+                        lam: float) -> torch.Tensor:
+    """For each erase vector c (rows of C), the vector e minimizing sum_l ||W_l e - W0_l c||^2 + lam ||e||^2:
+    the text-encoder output that, through every edited projection W_l at once, gives back most of what
+    the unedited W0_l gave the concept (RECE's adversarial embedding, in closed form)."""
+    d = C.shape[1]
+    gram = sum(W.T @ W for W in Ws) + lam * torch.eye(d, dtype=C.dtype)
+    rhs = sum(W.T @ W0 for W, W0 in zip(Ws, W0s)) @ C.T  # (d, n)
+    return torch.linalg.solve(gram, rhs).T
 
 
 def projections(unet: torch.nn.Module, which: str) -> list[tuple[str, torch.nn.Linear]]:
