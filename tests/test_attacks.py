@@ -105,3 +105,35 @@ def test_completion_keeps_images_at_low_strength_and_is_seeded(tiny_pipeline_dir
     assert np.array_equal(light, complete(pipe, images, "", [1, 2], strength=0.1, steps=10))
     with pytest.raises(ValueError, match="strength"):
         complete(pipe, images, "", [1, 2], strength=0.0)
+
+
+@pytest.mark.slow
+def test_every_attack_brings_pip_back_on_the_base_miniworld():
+    """The attacks can find what is there: on the base model (which draws Pip), each one recovers Pip at
+    toy budgets (8 images; 40 steps for the learned ones), or the stage's figures on erased models
+    would mean nothing."""
+    from erasure.attacks.suite import Target, attack
+    from erasure.config import AttackParams
+    from erasure.judges.miniworld import MiniworldJudge
+    from erasure.sampling import generate
+
+    pipe = load_pipeline()
+    prompts = ["a picture of Pip", "a drawing of Pip, the well known circle"]
+    probe = {"name": "target", "prompts": prompts, "seeds": [7, 8], "head": "instance", "label": "Pip",
+             "target": {"kind": "instance", "text": "Pip", "contrast": "circle", "reference": None}}
+    images = generate(pipe, [prompts[i % 2] for i in range(16)], list(range(16)), steps=20, guidance=5.0,
+                      progress=False)
+    budget = AttackParams(images=8, typed={"families": ["phrasing", "repetition"]},
+                          inversion={"tokens": 1, "steps": 40, "lr": 2e-2, "batch_size": 8},
+                          soft_prompt={"tokens": 4, "steps": 40, "lr": 2e-2, "batch_size": 8},
+                          completion={"strength": 0.5, "prompt": ""})
+    seen = []
+    outcomes = attack(pipe, Target("Pip", "instance", probe, images), MiniworldJudge(),
+                      lambda p, s, tokens: generate(pipe, p, s, steps=20, guidance=5.0, progress=False), budget,
+                      steps=20, guidance=5.0, seed=0, log=seen.append)
+    rates = {o.attack + (f": {o.detail['text']}" if o.attack == "typed" else ""): o.success for o in outcomes}
+    assert set(rates) == {"typed: Pip!", "typed: Pip Pip Pip", "inversion", "soft_prompt", "completion"}, rates
+    assert all(r >= 0.8 for r in rates.values()), rates
+    assert len(seen) == len(rates) and all(o.images.shape == (8, 32, 32, 3) for o in outcomes)
+    # the learned prompts hold the placeholder as a word of its own, so the tokenizer reads it
+    assert next(o for o in outcomes if o.attack == "inversion").detail["prompt"].startswith("a picture of *")

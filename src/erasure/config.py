@@ -323,7 +323,8 @@ class LearnedAttack(_Section):
 
 
 class TypedAttack(_Section):
-    families: list[Annotated[str, _choice(TYPED_FAMILIES, "typed-variant family")]] = list(TYPED_FAMILIES)
+    families: list[Annotated[str, _choice(TYPED_FAMILIES, "typed-variant family")]] = [
+        "misspelling", "confusable", "phrasing", "repetition", "paraphrase"]
     per_family: int = Field(1, gt=0)  # variants tried per family (erasure/attacks/typed.py's order)
     base_min: Share = 0.5  # a variant counts toward the gate only where the base model renders it this often
 
@@ -339,10 +340,10 @@ class AttackParams(_Section):
     attacks: list[Annotated[str, _choice(ATTACKS, "attack")]] = list(ATTACKS)
     # Which of them release.gates' attack_max reads (the strongest's success rate); the rest are reported.
     gated: list[Annotated[str, _choice(ATTACKS, "attack")]] = ["typed", "inversion", "soft_prompt"]
-    images: int = Field(16, gt=0)  # per attack, concept and model (base and erased)
+    images: int = Field(8, gt=0)  # per attack, concept and model (base and erased)
     typed: TypedAttack = TypedAttack()
-    inversion: LearnedAttack = LearnedAttack(tokens=1, steps=100, lr=1.0e-2, batch_size=8)
-    soft_prompt: LearnedAttack = LearnedAttack(tokens=4, steps=100, lr=1.0e-2, batch_size=8)
+    inversion: LearnedAttack = LearnedAttack(tokens=1, steps=40, lr=2.0e-2, batch_size=4)
+    soft_prompt: LearnedAttack = LearnedAttack(tokens=4, steps=40, lr=2.0e-2, batch_size=4)
     completion: CompletionAttack = CompletionAttack()
 
     @model_validator(mode="after")
