@@ -137,3 +137,15 @@ def test_every_attack_brings_pip_back_on_the_base_miniworld():
     assert len(seen) == len(rates) and all(o.images.shape == (8, 32, 32, 3) for o in outcomes)
     # the learned prompts hold the placeholder as a word of its own, so the tokenizer reads it
     assert next(o for o in outcomes if o.attack == "inversion").detail["prompt"].startswith("a picture of *")
+
+
+def test_learned_attacks_on_sdxl_are_refused_before_any_image(family_dirs):
+    """SDXL has two text encoders: the stage refuses the learned attacks up front (naming the field),
+    and runs the typed ones and completion."""
+    from erasure.attacks.suite import check
+    from erasure.config import AttackParams
+
+    pipe = load_pipeline(str(family_dirs["sdxl"]))
+    with pytest.raises(AttackError, match=r"attack.attacks: inversion, soft_prompt .* SDXL"):
+        check(pipe, AttackParams())
+    check(pipe, AttackParams(attacks=["typed", "completion"], gated=["typed"]))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .completion import complete
-from .learned import PLACEHOLDER, learn, learned_tokens
+from .learned import PLACEHOLDER, AttackError, learn, learned_tokens, placeholder_id
 from .typed import variants
 
 SEED_SHIFT = 500_000  # attack images are drawn from other noise than the evaluation's
@@ -69,6 +69,18 @@ def chosen_variants(target: Target, families: list[str], per_family: int) -> lis
             taken[v.family] = taken.get(v.family, 0) + 1
             out.append(v)
     return out
+
+
+def check(pipe, budget) -> None:
+    """What `attack` would refuse halfway, refused before any image is drawn."""
+    from ..families import is_sdxl
+
+    learned = [a for a in ("inversion", "soft_prompt") if a in budget.attacks]
+    if learned and is_sdxl(pipe):
+        raise AttackError(f"attack.attacks: {', '.join(learned)} learn embeddings for one text encoder (SD 1.x / "
+                          "2.x); SDXL has two: leave them out of attack.attacks for this model")
+    if learned:
+        placeholder_id(pipe.tokenizer)
 
 
 def attack(pipe, target: Target, judge, draw: Callable[[list[str], list[int], str], np.ndarray], budget, *,

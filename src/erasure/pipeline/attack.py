@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..attacks.suite import Outcome, Target, attack, chosen_variants, strongest
+from ..attacks.suite import Outcome, Target, attack, check, chosen_variants, strongest
 from ..codehash import code_hash
 from ..config import PipelineParams
 from ..delta import apply_delta, load_delta
@@ -46,6 +46,7 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     targets = {e["concept"]: target_of(params, e) for e in entries}  # every input read before any work
     tensors, meta = load_delta(delta)
     pipe, base_hash = base_model(params)
+    check(pipe, params.attack)
     panel = judges(params)
     delta_sha = hashlib.sha256(delta.read_bytes()).hexdigest()
 
@@ -108,7 +109,8 @@ def _attack(params: PipelineParams, pipe, weights_key: str, target: Target, judg
     g = params.generate
     key = hashlib.sha256(json.dumps([
         weights_key, target.text, target.kind, target.paraphrases, target.probe["prompts"], target.probe["seeds"],
-        hashlib.sha256(target.images.tobytes()).hexdigest(), params.attack.model_dump(mode="json"),
+        hashlib.sha256(target.images.tobytes()).hexdigest(),
+        params.attack.model_dump(mode="json", exclude={"gated"}),  # what the gate reads changes no figure
         sorted(typed_texts) if typed_texts is not None else None, g.steps, g.guidance, params.seed,
         str(pipe.unet.device), str(pipe.unet.dtype), judge.describe(), code_hash("attacks/suite.py"),
     ], sort_keys=True, default=str).encode()).hexdigest()
