@@ -110,8 +110,8 @@ def test_completion_keeps_images_at_low_strength_and_is_seeded(tiny_pipeline_dir
 @pytest.mark.slow
 def test_every_attack_brings_pip_back_on_the_base_miniworld():
     """The attacks can find what is there: on the base model (which draws Pip), each one recovers Pip at
-    toy budgets (8 images; 40 steps for the learned ones), or the stage's figures on erased models
-    would mean nothing."""
+    the shipped budgets (8 images; 30 steps of 4 images for the learned ones), or the stage's figures on
+    erased models would mean nothing."""
     from erasure.attacks.suite import Target, attack
     from erasure.config import AttackParams
     from erasure.judges.miniworld import MiniworldJudge
@@ -123,10 +123,8 @@ def test_every_attack_brings_pip_back_on_the_base_miniworld():
              "target": {"kind": "instance", "text": "Pip", "contrast": "circle", "reference": None}}
     images = generate(pipe, [prompts[i % 2] for i in range(16)], list(range(16)), steps=20, guidance=5.0,
                       progress=False)
-    budget = AttackParams(images=8, typed={"families": ["phrasing", "repetition"]},
-                          inversion={"tokens": 1, "steps": 40, "lr": 2e-2, "batch_size": 8},
-                          soft_prompt={"tokens": 4, "steps": 40, "lr": 2e-2, "batch_size": 8},
-                          completion={"strength": 0.5, "prompt": ""})
+    budget = AttackParams(typed={"families": ["phrasing", "repetition"]})  # the shipped learned budgets
+    assert budget.images == 8 and budget.inversion.steps == 30 and budget.completion.strength == 0.5
     seen = []
     outcomes = attack(pipe, Target("Pip", "instance", probe, images), MiniworldJudge(),
                       lambda p, s, tokens: generate(pipe, p, s, steps=20, guidance=5.0, progress=False), budget,

@@ -323,8 +323,9 @@ class LearnedAttack(_Section):
 
 
 class TypedAttack(_Section):
+    # The evaluation's misspelling and paraphrase probes are typed rows already (pipeline/attack.py).
     families: list[Annotated[str, _choice(TYPED_FAMILIES, "typed-variant family")]] = [
-        "misspelling", "confusable", "phrasing", "repetition", "paraphrase"]
+        "confusable", "phrasing", "repetition"]
     per_family: int = Field(1, gt=0)  # variants tried per family (erasure/attacks/typed.py's order)
     base_min: Share = 0.5  # a variant counts toward the gate only where the base model renders it this often
 
@@ -342,8 +343,8 @@ class AttackParams(_Section):
     gated: list[Annotated[str, _choice(ATTACKS, "attack")]] = ["typed", "inversion", "soft_prompt"]
     images: int = Field(8, gt=0)  # per attack, concept and model (base and erased)
     typed: TypedAttack = TypedAttack()
-    inversion: LearnedAttack = LearnedAttack(tokens=1, steps=40, lr=2.0e-2, batch_size=4)
-    soft_prompt: LearnedAttack = LearnedAttack(tokens=4, steps=40, lr=2.0e-2, batch_size=4)
+    inversion: LearnedAttack = LearnedAttack(tokens=1, steps=30, lr=3.0e-2, batch_size=4)
+    soft_prompt: LearnedAttack = LearnedAttack(tokens=4, steps=30, lr=3.0e-2, batch_size=4)
     completion: CompletionAttack = CompletionAttack()
 
     @model_validator(mode="after")

@@ -61,7 +61,9 @@ def run(params: PipelineParams, track: bool = True) -> dict:
         erased[c] = _attack(params, pipe, f"{base_hash}+{delta_sha}", t, panel.judge(t.kind), counted)
 
     methods = {e["concept"]: inputs.method_for(params, e) for e in entries}
-    concepts = {c: summarize(params, targets[c], methods[c], base[c], erased[c]) for c in targets}
+    evaluated = _evaluated(params)
+    concepts = {c: summarize(params, targets[c], methods[c], base[c], erased[c], evaluated.get(c) or {})
+                for c in targets}
     metrics = {"model": params.model, "base_hash": base_hash, "delta_sha256": delta_sha,
                "budget": params.attack.model_dump(mode="json"), "concepts": concepts}
     out = params.paths.stage("attack")
@@ -165,11 +167,32 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def summarize(params: PipelineParams, target: Target, method: str, base: dict, erased: dict) -> dict:
-    """The concept's rows (each attack on both models) and its strongest gated attack."""
+def _evaluated(params: PipelineParams) -> dict:
+    """The evaluate stage's per-concept probes: its misspelling and paraphrase probes are typed variants
+    already drawn on both models (24 images each by default), not drawn again here."""
+    path = params.paths.stage("evaluate") / "metrics.json"
+    return {c: m.get("probes") or {} for c, m in inputs.read_json(path, "evaluate")["concepts"].items()}
+
+
+EVALUATED_TYPED = {"misspelling": "misspelling", "paraphrase": "paraphrase"}  # evaluate's probe -> typed family
+
+
+def summarize(params: PipelineParams, target: Target, method: str, base: dict, erased: dict,
+              probes: dict | None = None) -> dict:
+    """The concept's rows (each attack on both models, and the evaluation's misspelling and paraphrase
+    probes as typed rows) and its strongest gated attack."""
     a = params.attack
     on_erased = {_label(o): o for o in erased["outcomes"]}
     rows = []
+    for name, family in EVALUATED_TYPED.items():
+        p = (probes or {}).get(name)
+        if "typed" not in a.attacks or p is None or p.get("before") is None or p.get("after") is None:
+            continue
+        counted = p["before"] >= a.typed.base_min
+        rows.append({"attack": "typed", "label": f"typed: {p.get('example_prompt', name)}", "family": family,
+                     "how": f"the evaluation's {name} probe", "base": round(p["before"], 4),
+                     "erased": round(p["after"], 4), "n": p.get("n"), "counted": bool(counted),
+                     "gated": "typed" in a.gated and bool(counted), "seconds": 0.0})
     for o in base["outcomes"]:
         e = on_erased.get(_label(o))
         counted = o["attack"] != "typed" or o["success"] >= a.typed.base_min
