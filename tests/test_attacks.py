@@ -147,3 +147,20 @@ def test_learned_attacks_on_sdxl_are_refused_before_any_image(family_dirs):
     with pytest.raises(AttackError, match=r"attack.attacks: inversion, soft_prompt .* SDXL"):
         check(pipe, AttackParams())
     check(pipe, AttackParams(attacks=["typed", "completion"], gated=["typed"]))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_no_typed_variant_to_try_draws_nothing(tiny_pipeline_dir):
+    """An implicit attribute has no phrasings, and an erased model is attacked only with the variants the
+    base renders: with none, the typed attack draws nothing (it used to stack an empty batch)."""
+    from erasure.attacks.suite import Target, attack
+    from erasure.config import AttackParams
+
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    probe = {"name": "named", "prompts": ["a cat with a golden frame"], "seeds": [1]}
+    calls = []
+    out = attack(pipe, Target("with a golden frame", "implicit", probe, np.zeros((1, 8, 8, 3), np.uint8)), None,
+                 lambda *a: calls.append(a), AttackParams(attacks=["typed"], gated=["typed"],
+                                                          typed={"families": ["phrasing"]}),
+                 steps=2, guidance=1.0, seed=0)
+    assert out == [] and calls == []

@@ -101,9 +101,9 @@ def attack(pipe, target: Target, judge, draw: Callable[[list[str], list[int], st
         log(f"{target.text}: {name}{label}: {int(np.sum(hits))}/{len(images)} in {o.seconds:.0f} s")
         return o
 
-    if "typed" in budget.attacks:
-        tried = [v for v in chosen_variants(target, budget.typed.families, budget.typed.per_family)
-                 if typed_texts is None or v.text in typed_texts]
+    tried = [v for v in chosen_variants(target, budget.typed.families, budget.typed.per_family)
+             if typed_texts is None or v.text in typed_texts] if "typed" in budget.attacks else []
+    if tried:  # none: no family asked for has a variant of this kind, or the base renders none of them
         t0 = time.time()  # every variant in one draw: large batches sample faster
         images = draw([substitute(p, target.text, v.text) for v in tried for p in prompts], seeds * len(tried), "")
         share = (time.time() - t0) / max(1, len(tried))
