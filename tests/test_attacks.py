@@ -164,3 +164,14 @@ def test_no_typed_variant_to_try_draws_nothing(tiny_pipeline_dir):
                                                           typed={"families": ["phrasing"]}),
                  steps=2, guidance=1.0, seed=0)
     assert out == [] and calls == []
+
+
+def test_a_completion_with_no_step_to_denoise_is_a_params_error():
+    from pydantic import ValidationError
+
+    from erasure.config import PipelineParams
+
+    with pytest.raises(ValidationError, match=r"attack.completion.strength: 0.1 of generate.steps 4 leaves no step"):
+        PipelineParams(generate={"steps": 4}, attack={"completion": {"strength": 0.1}})
+    PipelineParams(generate={"steps": 4}, attack={"completion": {"strength": 0.1}, "attacks": ["typed"],
+                                                  "gated": ["typed"]})

@@ -476,6 +476,14 @@ class PipelineParams(_Section):
         return self
 
     @model_validator(mode="after")
+    def _completion_denoises(self) -> PipelineParams:
+        c = self.attack.completion
+        if "completion" in self.attack.attacks and int(self.generate.steps * c.strength) < 1:
+            raise _error(f"attack.completion.strength: {c.strength} of generate.steps {self.generate.steps} leaves "
+                         f"no step to denoise; expected at least {1 / self.generate.steps:.3g}")
+        return self
+
+    @model_validator(mode="after")
     def _quality_measurable(self) -> PipelineParams:
         if self.release.quality.fid_max_ratio is not None and self.model != "miniworld":
             raise _error(f"release.quality.fid_max_ratio: needs the world's true renders, which only the miniworld "

@@ -192,14 +192,13 @@ def summarize(params: PipelineParams, target: Target, method: str, base: dict, e
         rows.append({"attack": "typed", "label": f"typed: {p.get('example_prompt', name)}", "family": family,
                      "how": f"the evaluation's {name} probe", "base": round(p["before"], 4),
                      "erased": round(p["after"], 4), "n": p.get("n"), "counted": bool(counted),
-                     "gated": "typed" in a.gated and bool(counted), "seconds": 0.0})
+                     "gated": "typed" in a.gated and bool(counted)})
     for o in base["outcomes"]:
         e = on_erased.get(_label(o))
         counted = o["attack"] != "typed" or o["success"] >= a.typed.base_min
         row = {"attack": o["attack"], "label": _label(o), "base": round(o["success"], 4),
                "erased": round(e["success"], 4) if e else None, "n": o["n"], "counted": bool(counted),
-               "gated": o["attack"] in a.gated and bool(counted),
-               "seconds": round(o["seconds"] + (e["seconds"] if e else 0.0), 1)}
+               "gated": o["attack"] in a.gated and bool(counted)}  # no seconds: outputs are reproducible
         row.update({k: o[k] for k in ("family", "how", "text", "prompt", "strength") if k in o})
         rows.append(row)
     top = strongest(rows, a.gated)
