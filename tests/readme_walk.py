@@ -111,6 +111,8 @@ def toy_params(path: Path) -> None:
         o.update({k: 2 for k in ("context_prompts", "anchor_images", "preserve_prompts") if k in o})
         o.update({"ddim_steps": 4} if key.startswith("esd") else {"anchor_steps": 4})
     p["erase"]["checkpoint_every"] = 1
+    p["attack"].update(images=2, inversion={"tokens": 1, "steps": 2, "lr": 0.01, "batch_size": 2},
+                       soft_prompt={"tokens": 2, "steps": 2, "lr": 0.01, "batch_size": 2})
     p["release"]["gates"] = {k: {b: (0.0 if b == "reduction_min" else 1.0) for b in g}
                              for k, g in p["release"]["gates"].items()}
     p["release"]["quality"] = {"fid_max_ratio": 1e6, "drift_max": 1.0}

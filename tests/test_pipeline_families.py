@@ -54,6 +54,10 @@ def _params(tmp: Path, model: Path, family: str, files: dict) -> Path:
         o.update({"ddim_steps": 2} if key.startswith("esd") else {"anchor_steps": 2})
     if family == "sdxl":  # the shipped memorized recipe trains token embeddings, which SDXL refuses
         p["erase"]["recipes"]["ca/memorized"]["rule"] = "xattn-kv"
+    p["attack"].update(images=2, inversion={"tokens": 1, "steps": 2, "lr": 0.01, "batch_size": 1},
+                       soft_prompt={"tokens": 2, "steps": 2, "lr": 0.01, "batch_size": 1})
+    if family == "sdxl":  # learned attacks need one text encoder (the stage refuses them up front)
+        p["attack"].update(attacks=["typed", "completion"], gated=["typed"])
     p["evaluate"]["clip"]["model"] = str(files["clip"])
     p["evaluate"]["i2p"] = str(ROOT / "blocklists" / "i2p-example.csv")  # nudity prompts, seeds, guidance
     p["release"]["gates"] = {"default": {"target_max": 1.0, "neighbour_max_drop": 1.0}}
@@ -71,7 +75,7 @@ def test_every_family_runs_ingest_to_release_with_the_generic_judges(family, fam
                                                                      one_thread):
     import diffusers
 
-    from erasure.pipeline import anchors, erase, evaluate, generate, ingest, release
+    from erasure.pipeline import anchors, attack, erase, evaluate, generate, ingest, release
 
     params = load_params(_params(tmp_path, family_dirs[family], family, judge_files))
     cwd = os.getcwd()
@@ -81,6 +85,7 @@ def test_every_family_runs_ingest_to_release_with_the_generic_judges(family, fam
             stage.run(params)
         erase.run(params, progress=False)
         evaluate.run(params)
+        attacked = attack.run(params)
         out = release.run(params)
     finally:
         os.chdir(cwd)
@@ -105,6 +110,7 @@ def test_every_family_runs_ingest_to_release_with_the_generic_judges(family, fam
     assert {"fid_to_base", "kid_to_base", "clip_score_base", "clip_score_erased", "generic_drift"} <= set(metrics["global"])
     card = (folder / "MODEL_CARD.md").read_text()
     assert "nudenet" in card and str(judge_files["clip"]) in card
+    assert set(attacked["concepts"]) == set(judged) and "| Pip | completion |" in card  # every judge reads attacks
 
     pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(folder / "model", use_safetensors=True)
     assert type(pipe).__name__ == PIPELINES[family]
