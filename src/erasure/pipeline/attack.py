@@ -16,6 +16,7 @@ a concept attacks the base model for that concept only.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -50,15 +51,16 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     panel = judges(params)
     delta_sha = hashlib.sha256(delta.read_bytes()).hexdigest()
 
+    code = code_hash("attacks/suite.py")  # once: hashing the sources walks every module they import
     print(f"attack: {len(entries)} concept(s), attacks {', '.join(params.attack.attacks) or 'none'}; base model")
-    base = {c: _attack(params, pipe, base_hash, t, panel.judge(t.kind), None) for c, t in targets.items()}
+    base = {c: _attack(params, pipe, base_hash, t, panel.judge(t.kind), None, code) for c, t in targets.items()}
     apply_delta(pipe, tensors, meta, base_hash)
     print("attack: the erased model")
     erased = {}
     for c, t in targets.items():
         counted = {o["text"] for o in base[c]["outcomes"]
                    if o["attack"] == "typed" and o["success"] >= params.attack.typed.base_min}
-        erased[c] = _attack(params, pipe, f"{base_hash}+{delta_sha}", t, panel.judge(t.kind), counted)
+        erased[c] = _attack(params, pipe, f"{base_hash}+{delta_sha}", t, panel.judge(t.kind), counted, code)
 
     methods = {e["concept"]: inputs.method_for(params, e) for e in entries}
     evaluated = _evaluated(params)
@@ -106,7 +108,7 @@ def target_of(params: PipelineParams, entry: dict) -> Target:
 
 
 def _attack(params: PipelineParams, pipe, weights_key: str, target: Target, judge,
-            typed_texts: set[str] | None) -> dict:
+            typed_texts: set[str] | None, code: str) -> dict:
     """One model's attacks on one concept, from the cache when this exact work was done before."""
     g = params.generate
     key = hashlib.sha256(json.dumps([
@@ -114,7 +116,7 @@ def _attack(params: PipelineParams, pipe, weights_key: str, target: Target, judg
         hashlib.sha256(target.images.tobytes()).hexdigest(),
         params.attack.model_dump(mode="json", exclude={"gated"}),  # what the gate reads changes no figure
         sorted(typed_texts) if typed_texts is not None else None, g.steps, g.guidance, params.seed,
-        str(pipe.unet.device), str(pipe.unet.dtype), judge.describe(), code_hash("attacks/suite.py"),
+        str(pipe.unet.device), str(pipe.unet.dtype), judge.describe(), code,
     ], sort_keys=True, default=str).encode()).hexdigest()
     path = params.paths.cache / "attacks" / key[:2] / f"{key}.json"
     cached = _read(path)
@@ -122,8 +124,13 @@ def _attack(params: PipelineParams, pipe, weights_key: str, target: Target, judg
         print(f"{target.text}: attacks from the cache ({path.name[:12]})")
         return cached
 
+    plain = image_cache(params, weights_key, pipe)
+
     def draw(prompts: list[str], seeds: list[int], tokens: str) -> np.ndarray:
-        cache = image_cache(params, f"{weights_key}+tokens:{tokens}" if tokens else weights_key, pipe)
+        cache = plain
+        if tokens:  # the same prompt with other learned vectors draws other images: keyed apart
+            cache = copy.copy(plain)
+            cache.model_hash = f"{weights_key}+tokens:{tokens}"
         return cache.images(pipe, prompts, seeds, progress=False)
 
     outcomes = attack(pipe, target, judge, draw, params.attack, steps=g.steps, guidance=g.guidance,
