@@ -172,6 +172,40 @@ RECIPES = {
 }
 
 
+class RobustParams(_Section):
+    """The robust phase (trainer.RobustSettings, methods/adversarial.py): after every concept is erased,
+    `rounds` rounds over all of them, each learning the attack stage's learned attacks against the model
+    as it is and training `steps` outer steps per concept to map what they recover onto the anchor."""
+
+    rounds: int = Field(0, ge=0)  # 0: no robust phase
+    steps: int = Field(30, gt=0)  # outer steps per concept and round
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(16, gt=0)
+    rule: str = "xattn"
+    options: dict[str, Any] = {}  # AdversarialOptions (methods/adversarial.py), rounds excepted
+
+    @model_validator(mode="after")
+    def _check(self) -> "RobustParams":
+        from .params import UNET_RULES
+
+        problems = []
+        if self.rule not in UNET_RULES:
+            problems.append({"type": _error(_one_of(self.rule, UNET_RULES, "rule")), "loc": ("rule",), "input": None})
+        if "rounds" in self.options:
+            problems.append({"type": _error("set rounds beside options (erase.robust.rounds), not inside them"),
+                             "loc": ("options", "rounds"), "input": None})
+        elif self.options:  # (imported only then: the methods import this module's PipelineParams)
+            from .methods.adversarial import AdversarialOptions
+
+            try:
+                AdversarialOptions.model_validate(self.options, strict=True)
+            except ValidationError as exc:
+                problems += _relay(exc, ("options",), AdversarialOptions, what="option")
+        if problems:
+            raise ValidationError.from_exception_data("robust", problems)
+        return self
+
+
 class EraseParams(_Section):
     mode: Literal["joint", "sequential"] = "sequential"
     # The method per concept kind; a blocklist entry's `method` wins.
@@ -185,6 +219,7 @@ class EraseParams(_Section):
     mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
     zero_stage: int = Field(0, ge=0, le=3)  # 1-3: DeepSpeed ZeRO
+    robust: RobustParams = Field(default_factory=RobustParams)
 
     @field_validator("recipes")
     @classmethod

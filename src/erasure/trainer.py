@@ -49,6 +49,22 @@ MAX_POOL = 512  # pool samples per concept by default (steps x batch when smalle
 TRAINING_CODE = ("trainer.py", "models.py")
 
 
+class RobustSettings(BaseModel):
+    """The robust phase (methods/adversarial.py): after every concept is erased, `rounds` rounds over
+    all of them at once, each learning the attacks against the model as it is and training `steps`
+    outer steps per concept on what they recover. rounds 0: no robust phase."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(0, ge=0)
+    steps: int = Field(30, gt=0)  # outer steps per concept and round
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(16, gt=0)
+    # Cross-attention (q, k, v, out): on Pip after UCE, xattn-kv left soft prompts 0.31, xattn 0.12 (lr 2e-4)
+    rule: str = "xattn"
+    options: dict = {}  # methods/adversarial.py's AdversarialOptions (rounds comes from here)
+
+
 class EraseSettings(BaseModel):
     """Every knob of an erasure run (params.yaml's `erase` section maps onto this)."""
 
@@ -71,6 +87,7 @@ class EraseSettings(BaseModel):
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(50, gt=0)
     zero_stage: Literal[0, 1, 2, 3] = 0
+    robust: RobustSettings = RobustSettings()
 
 
 @dataclass
@@ -163,6 +180,8 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
                         # A pool larger than the samples the steps draw is never used: capped (a short run
                         # of a recipe with a large pool builds only what it trains on).
                         min(settings.pool_size or MAX_POOL, steps * batch)))
+    if base.robust.rounds:
+        robust_jobs(jobs, base)  # its options and rule checked now, before any work
     if base.mode == "joint":
         keys = {(j.lr, j.batch_size, j.weight_decay) for j in jobs if not closed_form(j.method)}
         if len(keys) > 1:
@@ -173,6 +192,30 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
             if check is not None:
                 check([j.options for j in jobs if j.method == name])
     return jobs
+
+
+def robust_jobs(jobs: list[Job], settings: EraseSettings) -> list[Job]:
+    """The robust phase's jobs: one per concept, method `adversarial`, `rounds x steps` steps."""
+    r = settings.robust
+    if r.rule not in UNET_RULES:
+        raise ValueError(f"erase.robust.rule {r.rule!r}: expected a UNet rule ({', '.join(UNET_RULES)}); the robust "
+                         "phase trains against attacks on the text encoder's input and must not train its rows")
+    if any(j.rule == "embedding" for j in jobs):
+        raise ValueError("erase.robust: a concept's rule is 'embedding' (text-encoder rows trained); the robust "
+                         "phase learns attack tokens through the text encoder as it is: use UNet rules with it")
+    method = method_registry.get("adversarial")
+    try:
+        options = method.Options(**{**r.options, "rounds": r.rounds})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"erase.robust.options: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    out = []
+    for j in jobs:
+        method.check(j.concept, options)
+        steps = r.rounds * r.steps
+        out.append(Job(j.concept, "adversarial", r.rule, options, steps, r.lr, r.batch_size, 0.0,
+                       min(MAX_POOL, r.steps * r.batch_size)))  # one round's pool
+    return out
 
 
 def closed_form(method: str) -> bool:
@@ -209,6 +252,9 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     """
     if is_sdxl(pipe) and any(j.rule == "embedding" for j in jobs):
         raise ValueError(SDXL_EMBEDDING_RULE)
+    if is_sdxl(pipe) and settings.robust.rounds:
+        raise ValueError("erase.robust: the robust phase learns attack tokens for one text encoder (SD 1.x / 2.x); "
+                         "SDXL has two: set erase.robust.rounds to 0 for this model")
     added = added_conditioning(pipe)  # SDXL: time ids and pooled width (a bad UNet config fails here)
     check_prompts(pipe.tokenizer, jobs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -233,7 +279,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
     # Preservation rows toward the base model after the first phase need its values of the trained
     # tensors (a copy of them; not taken when no later phase asks).
     keep_base = any(getattr(j.options, "preserve_prompts", 0) and getattr(j.options, "preserve_from", None) == "base"
-                    for p in phases[1:] for j in p)
+                    for p in phases[1:] for j in p) or bool(settings.robust.rounds)  # robust: the base's images
     pristine: dict[str, torch.Tensor] = {}
     if phase_cache is not None and not (workdir / "checkpoint").exists():
         for k in reversed(range(len(phases))):  # the longest prefix whose file is sound
@@ -247,7 +293,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                 pristine = {k: params[k.split(".", 1)[0]][k.split(".", 1)[1]].detach().clone() for k in tensors}
             apply_delta(pipe, tensors, meta, None)
     accelerator = _accelerator(settings, max(j.batch_size for j in jobs), cpu=pipe.unet.device.type == "cpu")
-    rules = sorted({j.rule for j in jobs})
+    rules = sorted({j.rule for p in phases for j in p})  # the robust phase's rule too
     token_ids = sorted({i for j in jobs if j.rule == "embedding"
                         for i in content_token_ids(pipe.tokenizer, j.concept.text)})
     model = EditableModel(pipe.unet, pipe.text_encoder, rules, token_ids, **added)
@@ -287,7 +333,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                 _copy_into(trainable, load_file(str(start)))
             else:
                 _save_main(accelerator, lambda p: save_safetensors({k: v.detach() for k, v in trainable.items()}, p), start)
-            bench.snapshot_frozen()
+            phase_names = set().union(*(names_by_rule[j.rule] for j in phase if not closed_form(j.method)))
+            bench.snapshot_frozen({n: p for n, p in trainable.items() if n in phase_names})  # what this phase moves
         # Preservation prompts avoid every concept erased so far, and none later: a phase depends
         # only on the phases up to it (what its phase-cache key holds).
         bench.run_concepts = tuple(j.concept for p in phases[:k + 1] for j in p)
@@ -297,20 +344,27 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         if solved and not resuming:  # a resumed phase's checkpoint already holds the solve
             _edit_closed_form(bench, solved, (settings.seed, k, "closed-form"), model)
         trained = [j for j in phase if not closed_form(j.method)]
-        pools = [_pool(bench, j, workdir / "phases" / str(k) / f"pool-{i}.safetensors",
-                       (settings.seed, k, i), accelerator) for i, j in enumerate(trained)]
-        result.seconds_pool += time.time() - t0
+        # Before the pools: a round's pool built on resuming must see the weights the checkpoint holds.
         if resuming and settings.zero_stage == 0:
             load_checkpoint(ckpt, {"model": trainable}, optimizer)
         else:  # under ZeRO a resumed phase restarts Adam's moments (weights were restored before prepare)
             _reset_optimizer(optimizer, (trained or phase)[0])
-        model.set_trainable(set().union(*(names_by_rule[j.rule] for j in trained)))
         total = sum(j.steps for j in trained)
-        t0 = time.time()
+        rounds = _rounds(trained)
         first = state["step"] if resuming else 0
+        pools = [_pool(bench, j, workdir / "phases" / str(k), i, first * rounds // max(total, 1), (settings.seed, k, i),
+                       accelerator) for i, j in enumerate(trained)]
+        result.seconds_pool += time.time() - t0
+        model.set_trainable(set().union(*(names_by_rule[j.rule] for j in trained)))
+        t0 = time.time()
         bar = Progress(total, f"erasing {k + 1}/{len(phases)} {_label(phase)}", "step", initial=first,
                        enabled=progress and accelerator.is_local_main_process)
         for step in range(first, total):
+            if rounds > 1 and step > first and step * rounds % total == 0:  # a new round: pools from the model as it is
+                t1 = time.time()
+                pools = [_pool(bench, j, workdir / "phases" / str(k), i, step * rounds // total, (settings.seed, k, i),
+                               accelerator, previous=pools[i]) for i, j in enumerate(trained)]
+                result.seconds_pool += time.time() - t1
             gen = torch.Generator().manual_seed(_seed(settings.seed, k, step))
             i = int(torch.randint(0, len(trained), (1,), generator=gen)) if len(trained) > 1 else 0
             job = trained[i]
@@ -366,8 +420,10 @@ def phases_of(jobs: list[Job], settings: EraseSettings) -> list[list[Job]]:
 
     Tried and measured on the ten-concept default (README, status): trained phases first, then the
     closed-form ones by name, which makes the result order-free; the frame's CA then ran first and the
-    other memorized image fell to 0.75 in every variant tried."""
-    return [jobs] if settings.mode == "joint" else [[j] for j in jobs]
+    other memorized image fell to 0.75 in every variant tried. With `settings.robust.rounds`, one more
+    phase: every concept at once, trained against attacks (methods/adversarial.py)."""
+    phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
+    return phases + [robust_jobs(jobs, settings)] if settings.robust.rounds else phases
 
 
 def phase_files(phase_cache: Path, base_hash: str, settings: EraseSettings, jobs: list[Job]) -> list[Path]:
@@ -467,14 +523,36 @@ def _names(model: EditableModel, rule: str) -> set[str]:
     return {n for n, _ in model.named_parameters() if n.endswith("token_embedding.rows")}
 
 
-def _pool(bench: Bench, job: Job, path: Path, seed_parts: tuple, accelerator) -> Pool:
-    """Load the phase's pool for this job, or build it with the model as it is now and save it."""
+def _rounds(trained: list[Job]) -> int:
+    """How many pools a phase's training runs through: 1, or a round method's rounds (each one's
+    steps split evenly between them)."""
+    counts = {getattr(method_registry.get(j.method), "rounds", lambda o: 1)(j.options) for j in trained}
+    if len(counts) > 1:
+        raise ValueError(f"one phase trains methods with {sorted(counts)} rounds; expected one count")
+    rounds = counts.pop() if counts else 1
+    total = sum(j.steps for j in trained)
+    if rounds > 1 and total % rounds:
+        raise ValueError(f"a phase of {total} steps does not split into {rounds} rounds")
+    return rounds
+
+
+def _pool(bench: Bench, job: Job, folder: Path, i: int, r: int, seed_parts: tuple, accelerator,
+          previous: Pool | None = None) -> Pool:
+    """Load the phase's pool for job i in round r, or build it with the model as it is now and save
+    it. A round method's pool grows from the last round's (`previous`; loaded when resuming)."""
+    path = folder / (f"pool-{i}.safetensors" if r == 0 else f"pool-{i}-round{r}.safetensors")
     cached = path.exists()
     accelerator.wait_for_everyone()  # all ranks look before the main one writes it, or they disagree and deadlock
     if cached:
         return Pool.load(path)
-    gen = torch.Generator().manual_seed(_seed(*seed_parts))
-    pool = method_registry.get(job.method).build_pool(bench, job.concept, job.options, job.pool_size, gen)
+    gen = torch.Generator().manual_seed(_seed(*seed_parts, *([r] if r else [])))
+    method = method_registry.get(job.method)
+    if r:
+        if previous is None:
+            previous = _pool(bench, job, folder, i, r - 1, seed_parts, accelerator)
+        pool = method.build_pool(bench, job.concept, job.options, job.pool_size, gen, previous=previous)
+    else:
+        pool = method.build_pool(bench, job.concept, job.options, job.pool_size, gen)
     _save_main(accelerator, pool.save, path)
     return pool
 

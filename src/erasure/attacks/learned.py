@@ -12,6 +12,7 @@ usual, so any sampler or judge works on the result. SD 1.x / 2.x (one text encod
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +37,11 @@ class Learned:
     vectors: torch.Tensor
     template: str | list[str]  # e.g. "a picture of *" or "Pip * * * *"; or one per training image
     losses: list[float]
+
+
+def spaced(prompt: str) -> str:
+    """Each placeholder a word of its own ("*," and "*'s" are other tokens than "*")."""
+    return re.sub(rf"{re.escape(PLACEHOLDER)}(?=[^\s{re.escape(PLACEHOLDER)}])", f"{PLACEHOLDER} ", prompt)
 
 
 def placeholder_id(tokenizer) -> int:
@@ -75,11 +81,14 @@ def learned_tokens(pipe, vectors: torch.Tensor):
 
 def learn(pipe, images: np.ndarray, template: str | list[str], *, tokens: int = 1, steps: int = 300,
           lr: float = 5e-3, batch_size: int = 8, seed: int = 0, init: str | None = None,
+          start: torch.Tensor | None = None, latents: torch.Tensor | None = None,
           progress: bool = True) -> Learned:
     """Train `tokens` vectors so that `template` (holding that many placeholders) denoises `images`
     (uint8 NHWC, the concept's). A list of templates pairs each image with its own prompt (the prompts
     the images were drawn from, the concept's name replaced). `init`: a word whose embedding starts
-    every vector (default: the mean token embedding)."""
+    every vector (default: the mean token embedding); `start`: the vectors to continue from (a warm
+    start, as robust erasure's inner attack does round after round). `latents`: the images already
+    encoded (then `images` only counts them)."""
     templates = [template] * len(images) if isinstance(template, str) else list(template)
     if len(templates) != len(images):
         raise AttackError(f"{len(templates)} templates for {len(images)} images; expected one, or one per image")
@@ -99,14 +108,17 @@ def learn(pipe, images: np.ndarray, template: str | list[str], *, tokens: int = 
     unet, text, vae, tok = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     device = next(unet.parameters()).device
     table = text.get_input_embeddings().weight.detach()
-    if init:
-        start = table[tok(init, add_special_tokens=False).input_ids].mean(0)
+    if start is not None:
+        if tuple(start.shape) != (tokens, table.shape[1]):
+            raise AttackError(f"start vectors of shape {tuple(start.shape)}; expected ({tokens}, {table.shape[1]})")
+        vectors = start.detach().float().clone().to(table.device).requires_grad_(True)
     else:
-        start = table.mean(0)
-    vectors = start.float().repeat(tokens, 1).clone().requires_grad_(True)
+        first = table[tok(init, add_special_tokens=False).input_ids].mean(0) if init else table.mean(0)
+        vectors = first.float().repeat(tokens, 1).clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
     family = family_of(dict(pipe.scheduler.config) | {"_class_name": type(pipe.scheduler).__name__})
-    latents = torch.cat([encode_images(vae, images[s:s + 32]) for s in range(0, len(images), 32)])  # once
+    if latents is None:  # encoded once
+        latents = torch.cat([encode_images(vae, images[s:s + 32]) for s in range(0, len(images), 32)])
     ids = tok(templates, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids.to(device)
     steps_total = int(family.forward.config.num_train_timesteps)

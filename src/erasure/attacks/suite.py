@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .completion import complete
-from .learned import PLACEHOLDER, AttackError, learn, learned_tokens, placeholder_id
+from .learned import PLACEHOLDER, AttackError, learn, learned_tokens, placeholder_id, spaced
 from .typed import variants
 
 SEED_SHIFT = 500_000  # attack images are drawn from other noise than the evaluation's
@@ -56,8 +56,7 @@ def substitute(prompt: str, text: str, replacement: str) -> str:
     """`prompt` with the concept's `text` replaced (any case), or with `replacement` appended where the
     prompt does not name it. A placeholder is kept a word of its own ("*," is another token)."""
     out, hits = re.subn(re.escape(text), lambda _: replacement, prompt, flags=re.IGNORECASE)
-    out = out if hits else f"{prompt} {replacement}".strip()
-    return re.sub(rf"{re.escape(PLACEHOLDER)}(?=[^\s{re.escape(PLACEHOLDER)}])", f"{PLACEHOLDER} ", out)
+    return spaced(out if hits else f"{prompt} {replacement}".strip())
 
 
 def chosen_variants(target: Target, families: list[str], per_family: int) -> list:

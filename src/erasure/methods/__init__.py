@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .ablation import ConceptAblation
+from .adversarial import Adversarial
 from .all_but_one import AllButOne
 from .base import Bench, Defaults, Method, Options, Pool
 from .esd import ESD
 from .loss_max import LossMax
 from .uce import UCE
 
-METHODS: dict[str, Method] = {m.name: m for m in (ESD(), ConceptAblation(), AllButOne(), LossMax(), UCE())}
+METHODS: dict[str, Method] = {m.name: m for m in (ESD(), ConceptAblation(), AllButOne(), LossMax(), UCE(), Adversarial())}
 
 
 def get(name: str) -> Method:

@@ -12,6 +12,7 @@ model the concept starts from), eps* never needs a second copy of the network.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,7 +46,9 @@ class Defaults:
 class Pool:
     """Per-sample tensors (`rows`, first dim N) and conditioning tables (`conds`).
 
-    A row `<name>_idx` indexes the table `<name>`; `batch()` resolves it to `batch[<name>]`.
+    A row `<name>_idx` indexes the table `<name>`; `batch()` resolves it to `batch[<name>]`. Tables
+    whose name starts with "_" are state a method carries from one round's pool to the next, never
+    part of a batch.
     """
 
     rows: dict[str, torch.Tensor]
@@ -61,7 +64,7 @@ class Pool:
             if key.endswith("_idx") and key[:-4] in self.conds:
                 out[key[:-4]] = self.conds[key[:-4]][value[idx]]
         for key, table in self.conds.items():
-            if f"{key}_idx" not in self.rows:  # one conditioning for every sample
+            if f"{key}_idx" not in self.rows and not key.startswith("_"):  # one conditioning for every sample
                 out[key] = table[:1].expand(len(idx), *table.shape[1:])
         return out
 
@@ -101,16 +104,42 @@ class Bench:
         """The progress label of a pool's work on `concept`; None when the run shows no progress."""
         return f"{concept.text[:20]}: {what}" if self.progress else None
 
-    def snapshot_frozen(self) -> None:
-        """Keep originals of the trainable tensors, for methods that need eps* while training."""
+    def snapshot_frozen(self, tensors: dict | None = None) -> None:
+        """Keep originals of `tensors` (default: those trainable now), for methods that need eps* while
+        training. The trainer passes the tensors the phase trains: what is trainable when the phase
+        starts is the last phase's choice."""
         from ..frozen import FrozenOriginal
 
-        self._frozen = FrozenOriginal(self.model, self.model.trainable())
+        self._frozen = FrozenOriginal(self.model, self.model.trainable() if tensors is None else tensors)
 
     def frozen(self):
         if self._frozen is None:
             raise RuntimeError("no frozen snapshot: the trainer takes one when a method needs_frozen()")
         return self._frozen
+
+    def frozen_eps(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """`eps` of the frozen snapshot (the model as the phase found it), in chunks."""
+        return _chunked(self.frozen(), x, t, cond, *self.placement)
+
+    @contextmanager
+    def base_weights(self):
+        """Within: the model holds the base model's values of the trained tensors (for drawing what the
+        base model drew); the current values are put back after. A no-op when the current weights
+        are the base (the trainer keeps base values only when a later phase asks for them)."""
+        if self._base is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        current = {n: params[n].detach().clone() for n in self._base.originals}
+        with torch.no_grad():
+            for n, v in self._base.originals.items():
+                params[n].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, v in current.items():
+                    params[n].copy_(v)
 
     @property
     def scheduler_config(self) -> dict:

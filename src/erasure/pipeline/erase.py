@@ -29,7 +29,7 @@ def jobs_and_settings(params: PipelineParams, anchors: dict[str, dict] | None = 
     e = params.erase
     settings = EraseSettings(method="esd", mode=e.mode, seed=e.seed, checkpoint_every=e.checkpoint_every,
                              mixed_precision=e.mixed_precision, gradient_checkpointing=e.gradient_checkpointing,
-                             zero_stage=e.zero_stage)
+                             zero_stage=e.zero_stage, robust=e.robust.model_dump())
     concepts = [inputs.concept(x, anchors[x["concept"]]["anchor"]) for x in entries]
     methods = [inputs.method_for(params, x) for x in entries]
     overrides = [dict(e.recipes.get(f"{m}/{x['kind']}", {})) for m, x in zip(methods, entries)]

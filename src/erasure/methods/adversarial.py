@@ -1,0 +1,139 @@
+"""Robust erasure against learned-embedding attacks, in the AdvUnlearn manner (Zhang et al. 2024).
+
+It runs after the concepts are erased, as the trainer's robust phase (EraseSettings.robust: every
+concept of the run at once), on the model that phase finds, and trains in rounds. Each round:
+  - inner: the attacks the attack stage runs are learned against the model as it now is: one token
+    in place of the name (concept inversion) and soft tokens after it (soft prompt), with the
+    denoising loss on images of the concept, each continued from the last round's vectors (the
+    warm start keeps rounds short while the attack grows stronger);
+  - outer: the prompts holding those tokens, and the prompts naming the concept, are trained to
+    predict what the phase's starting model predicts for the anchor prompt at the same x_t (CA's
+    model-based loss, x_t from the concept's images), while preservation rows (ordinary captions,
+    a share of them the world's fragile outputs: the neighbours) keep the starting model's
+    predictions.
+The concept's images are drawn once from the base model (the weights before any phase), with other
+seeds and prompts than the attack stage's: what is learned here is not the gate's own attack.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ..attacks.learned import PLACEHOLDER, learn, learned_tokens, spaced
+from ..concept import Concept, ConceptError
+from ..prompts import anchor_prompts, target_prompt
+from .base import Bench, Defaults, Options, Pool, PreserveOptions, mse, preservation_rows
+
+
+PROMPT_SEED = 7  # the robust phase's own prompts: not the attack stage's (those are the evaluation's)
+
+
+class AdversarialOptions(Options):
+    rounds: int = Field(6, gt=0)  # inner attack, then outer steps; the job's steps split evenly
+    images: int = Field(16, gt=0)  # of the concept, from the base model: what the inner attack learns on
+    image_steps: int = Field(20, gt=0)  # DDIM steps drawing them
+    image_guidance: float = Field(5.0, ge=0)
+    inversion_tokens: int = Field(1, ge=0)  # 0: no inversion attack in the inner loop
+    soft_tokens: int = Field(4, ge=0)  # 0: no soft prompt
+    first_steps: int = Field(30, gt=0)  # inner steps in round 1 (from the mean token embedding)
+    inner_steps: int = Field(10, gt=0)  # inner steps in each later round (from the last round's vectors)
+    # Continue each attack from the last round's vectors (AdvUnlearn's warm start), or learn it anew.
+    warm_start: bool = True
+    inner_lr: float = Field(3e-2, gt=0)
+    inner_batch: int = Field(4, gt=0)
+    # Preservation rows (base.preservation_rows, toward the model as the phase finds it): this share
+    # of each round's pool, from `preserve_prompts` captions, `preserve_fragile` of them the world's
+    # fragile outputs. Without them the other instances went with Pip (Zuzu 1.00 -> 0.00).
+    preserve_prompts: int = Field(64, ge=0)
+    preserve_share: float = Field(0.5, gt=0, lt=1)
+    preserve_fragile: float = Field(0.5, ge=0, le=1)
+    preserve_ddim_steps: int = Field(20, gt=0)
+
+
+class Adversarial:
+    name = "adversarial"
+    Options = AdversarialOptions
+
+    def default_rule(self, kind: str) -> str:
+        return "xattn"
+
+    def defaults(self, kind: str) -> Defaults:
+        return Defaults(lr=5e-4, steps=180, batch_size=16)  # 30 outer steps in each of 6 rounds
+
+    def rounds(self, options: AdversarialOptions) -> int:
+        """How many times the trainer rebuilds this method's pool over its steps (once per round)."""
+        return options.rounds
+
+    def check(self, concept: Concept, options: AdversarialOptions) -> None:
+        if not (options.inversion_tokens or options.soft_tokens):
+            raise ConceptError("robust options: inversion_tokens and soft_tokens are both 0; expected an attack "
+                               "to train against")
+        if concept.kind in ("instance", "object") and not concept.anchor and not concept.anchor_prompts:
+            raise ConceptError(f"concept {concept.text!r} ({concept.kind}): robust erasure maps attacks onto an "
+                               "anchor; it has none")
+
+    def needs_frozen(self, options: AdversarialOptions) -> bool:
+        return True  # outer targets and preservation: the model as the robust phase found it
+
+    def build_pool(self, bench: Bench, concept: Concept, options: AdversarialOptions, size: int,
+                   gen: torch.Generator, previous: Pool | None = None) -> Pool:
+        """One round's pool: the concept's images and attack vectors carried over from `previous`
+        (the last round's pool; None in the first), the attacks learned further, and fresh rows."""
+        pairs, texts = _prompts(bench, concept, options.images)
+        if previous is None:
+            with bench.base_weights():
+                z = bench.sample_latents(texts, gen, options.image_steps, options.image_guidance,
+                                         desc=bench.desc(concept, "robust: its images"))
+            carried = {"_z": z, "_a": bench.encode(pairs), "_named": bench.encode(texts)}
+            kept = None
+            if options.preserve_prompts:
+                p = PreserveOptions(preserve_prompts=options.preserve_prompts, preserve_from="current",
+                                    preserve_fragile=options.preserve_fragile)
+                kept = preservation_rows(bench, concept, p, round(size * options.preserve_share), gen,
+                                         options.preserve_ddim_steps, 3.0)
+        else:
+            carried = {k: v for k, v in previous.conds.items() if k.startswith("_")}
+            kept = {k[6:]: v for k, v in carried.items() if k.startswith("_keep_")} or None
+        conds, attacks = [carried["_named"]], {}
+        for label, tokens in (("inversion", options.inversion_tokens), ("soft", options.soft_tokens)):
+            if not tokens:
+                continue
+            marks = " ".join([PLACEHOLDER] * tokens)
+            # the prompts the images were drawn from, the name replaced (inversion) or followed (soft)
+            held = concept.model_copy(update={"text": marks if label == "inversion" else f"{concept.text} {marks}"})
+            templates = [spaced(target_prompt(held, a, i)) for i, a in enumerate(pairs)]
+            start = carried.get(f"_vectors_{label}") if options.warm_start else None
+            learned = learn(bench.pipe, carried["_z"], templates, tokens=tokens,
+                            steps=options.first_steps if start is None else options.inner_steps,
+                            lr=options.inner_lr, batch_size=options.inner_batch, start=start, latents=carried["_z"],
+                            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)), progress=False)
+            attacks[f"_vectors_{label}"] = learned.vectors
+            with learned_tokens(bench.pipe, learned.vectors):
+                conds.append(bench.encode(templates))
+        c = torch.cat(conds)  # (variants x images): the name, then each attack
+        n_img, n_var = len(carried["_z"]), len(conds)
+        n_adv = size - (len(kept["x"]) if kept else 0)
+        img = torch.randint(0, n_img, (n_adv,), generator=gen)
+        var = torch.randint(0, n_var, (n_adv,), generator=gen)
+        x, t, _ = bench.noised(carried["_z"][img], gen)
+        target = bench.frozen_eps(x, t, carried["_a"][img])  # the anchor's prediction, as the phase found it
+        rows = {"x": x, "t": t, "c_idx": var * n_img + img, "target": target}
+        table = c
+        if kept:
+            rows = {"x": torch.cat([x, kept["x"]]), "t": torch.cat([t, kept["t"]]),
+                    "c_idx": torch.cat([rows["c_idx"], len(c) + torch.arange(len(kept["x"]))]),
+                    "target": torch.cat([target, kept["target"]])}
+            table = torch.cat([c, kept["cond"]])
+            carried |= {f"_keep_{k}": v for k, v in kept.items()}  # carried to the next round as they are
+        return Pool(rows, {"c": table, **carried, **attacks})
+
+    def loss(self, model, batch: dict[str, torch.Tensor], options: AdversarialOptions, bench: Bench) -> torch.Tensor:
+        return mse(model(batch["x"], batch["t"], batch["c"]), batch["target"])
+
+
+def _prompts(bench: Bench, concept: Concept, n: int) -> tuple[list[str], list[str]]:
+    """The anchor prompts and the prompts naming the concept made from them (CA's pairs), the same in
+    every round: the concept's images are drawn from the second, the outer targets read the first."""
+    pairs = anchor_prompts(concept, n, bench.model_spec, seed=PROMPT_SEED)
+    return pairs, [target_prompt(concept, a, i) for i, a in enumerate(pairs)]

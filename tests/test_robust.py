@@ -1,0 +1,133 @@
+"""Robust erasure (issue 20): the trainer's robust phase, its rounds, resume and settings; and on the
+miniworld, that it takes back what the learned attacks recover after a plain erasure."""
+
+import numpy as np
+import pytest
+import torch
+
+from erasure.concept import Concept
+from erasure.delta import load_delta
+from erasure.models import load_pipeline, weights_hash
+from erasure.trainer import EraseSettings, erase, phases_of, plan
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHORT = ("a dog", "a cup")  # the tiny tokenizer holds 64 tokens
+CAT = Concept(text="cat", kind="style", anchor_prompts=SHORT)
+DOG = Concept(text="dog", kind="style", anchor_prompts=SHORT)
+TOY = {"images": 2, "image_steps": 2, "first_steps": 2, "inner_steps": 1, "inner_batch": 2, "soft_tokens": 2,
+       "preserve_prompts": 2, "preserve_ddim_steps": 2}
+
+
+def _settings(**robust) -> EraseSettings:
+    return EraseSettings(method="esd", mode="sequential", steps=3, pool_size=6, checkpoint_every=2,
+                         options={"ddim_steps": 4},
+                         robust={"rounds": 2, "steps": 2, "batch_size": 2, "options": TOY} | robust)
+
+
+def _erase(pipe_dir, workdir, settings, out=None, **kw):
+    pipe = load_pipeline(str(pipe_dir))
+    return erase(pipe, plan([CAT, DOG], settings), settings, workdir, out, model_spec="tiny",
+                 base_hash=weights_hash(pipe_dir), progress=False, **kw)
+
+
+def test_the_robust_phase_follows_the_concepts_and_trains_in_rounds(tiny_pipeline_dir, tmp_path):
+    settings = _settings()
+    jobs = plan([CAT, DOG], settings)
+    phases = phases_of(jobs, settings)
+    assert [[j.concept.text for j in p] for p in phases] == [["cat"], ["dog"], ["cat", "dog"]]
+    assert {j.method for j in phases[-1]} == {"adversarial"} and all(j.steps == 4 for j in phases[-1])
+    result = _erase(tiny_pipeline_dir, tmp_path / "w", settings, tmp_path / "d.safetensors")
+    assert result.steps_run == 3 + 3 + 8
+    pools = sorted(p.name for p in (tmp_path / "w" / "phases" / "2").glob("pool-*"))
+    assert pools == ["pool-0-round1.safetensors", "pool-0.safetensors", "pool-1-round1.safetensors",
+                     "pool-1.safetensors"]
+    # each round learned the attacks further (warm start): the vectors moved between rounds
+    from erasure.methods.base import Pool
+
+    r0, r1 = (Pool.load(tmp_path / "w" / "phases" / "2" / n) for n in ("pool-0.safetensors", "pool-0-round1.safetensors"))
+    assert not torch.equal(r0.conds["_vectors_soft"], r1.conds["_vectors_soft"])
+    assert torch.equal(r0.conds["_z"], r1.conds["_z"])  # the concept's images are drawn once
+    # the robust rule's tensors are in the delta beside the concepts' own
+    tensors, meta = load_delta(tmp_path / "d.safetensors")
+    assert any("attn2.to_q" in k for k in tensors) and meta["params"]["settings"]["robust"]["rounds"] == 2
+
+
+@pytest.mark.parametrize("stop", [10, 11])  # 10: killed at a round's boundary (its pool not built yet); 11: mid-round
+def test_a_killed_robust_phase_resumes_to_the_same_weights(stop, tiny_pipeline_dir, tmp_path):
+    settings = _settings()
+    straight = _erase(tiny_pipeline_dir, tmp_path / "a", settings, tmp_path / "a.safetensors")
+    out = tmp_path / "b.safetensors"
+    _erase(tiny_pipeline_dir, tmp_path / "b", settings, out, stop_after=stop)
+    second = _erase(tiny_pipeline_dir, tmp_path / "b", settings, out)
+    assert second.steps_run == 14 - stop and second.losses == straight.losses
+    a, b = load_delta(tmp_path / "a.safetensors")[0], load_delta(out)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_robust_settings_are_refused_before_any_work(tiny_pipeline_dir, tmp_path):
+    with pytest.raises(ValueError, match="robust.rule 'embedding'"):
+        plan([CAT], _settings(rule="embedding"))
+    with pytest.raises(ValueError, match="erase.robust.options: imags"):
+        plan([CAT], _settings(options={"imags": 2}))
+    with pytest.raises(ValueError, match="both 0"):
+        plan([CAT], _settings(options=TOY | {"inversion_tokens": 0, "soft_tokens": 0}))
+    bobo = Concept(text="Bobo", kind="instance", anchor_prompts=("a square",))
+    emb = EraseSettings(method="ca", rule="embedding", robust={"rounds": 1, "options": TOY})
+    with pytest.raises(ValueError, match="text-encoder rows"):
+        plan([bobo], emb)
+
+
+def test_robust_params_name_the_field(tmp_path):
+    import yaml
+
+    from erasure.config import ParamsError, load_params
+
+    p = yaml.safe_load(open("params.yaml"))
+    p["erase"]["robust"] = {"rounds": 2, "options": {"rounds": 3}}
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(p))
+    with pytest.raises(ParamsError, match=r"erase\.robust\.options\.rounds: set rounds beside options"):
+        load_params(f)
+    p["erase"]["robust"] = {"rounds": 2, "rule": "xatn"}
+    f.write_text(yaml.safe_dump(p))
+    with pytest.raises(ParamsError, match=r"erase\.robust\.rule: unknown rule 'xatn'.*did you mean 'xattn'"):
+        load_params(f)
+
+
+@pytest.mark.slow
+def test_robust_phase_takes_back_what_learned_tokens_recover_on_the_miniworld(tmp_path):
+    """UCE on Pip, then the attack stage's learned attacks (its shipped budget) on the held-out card
+    prompts: with a short robust phase they recover Pip less than after UCE alone, the other
+    instances still drawn."""
+    from erasure.attacks.suite import Target, attack
+    from erasure.config import load_params
+    from erasure.judges.miniworld import MiniworldJudge
+    from erasure.miniworld.card import prompt_sets
+    from erasure.sampling import generate
+
+    budget = load_params("params.yaml").attack.model_copy(update={"images": 8, "attacks": ["inversion", "soft_prompt"]})
+    sets = {(s["kind"], s["concept"]): s for s in prompt_sets(8)}
+    pip = sets[("instance", "Pip")]
+    probe = {"name": "target", "prompts": pip["prompts"], "seeds": list(range(20_000, 20_008)), "head": "instance",
+             "label": "Pip"}
+    base = load_pipeline()
+    images = generate(base, pip["prompts"][:8], probe["seeds"], steps=20, guidance=5.0, progress=False)
+    target = Target("Pip", "instance", probe, images)
+    judge = MiniworldJudge()
+    concept = Concept(text="Pip", kind="instance", anchor="circle")
+    rates = {}
+    for rounds in (0, 3):
+        pipe = load_pipeline()
+        settings = EraseSettings(method="uce", mode="sequential", options={"context_prompts": 64, "preserve_prompts": 128},
+                                 robust={"rounds": rounds, "steps": 30, "options": {"images": 16}})
+        erase(pipe, plan([concept], settings), settings, tmp_path / f"r{rounds}", None, progress=False)
+        draw = lambda p, s, tok, pipe=pipe: generate(pipe, p, s, steps=20, guidance=5.0, progress=False)  # noqa: E731
+        outs = attack(pipe, target, judge, draw, budget, steps=20, guidance=5.0, seed=0, log=lambda m: None)
+        rates[rounds] = {o.attack: o.success for o in outs}
+        if rounds:
+            bobo = sets[("instance", "Bobo")]
+            shown = generate(pipe, bobo["prompts"][:8], list(range(30_000, 30_008)), steps=20, guidance=5.0, progress=False)
+            assert np.mean(judge.detect(shown, {"head": "instance", "label": "Bobo"})) >= 0.75
+    assert max(rates[0].values()) >= 0.5, rates  # UCE alone: the learned tokens bring Pip back
+    assert max(rates[3].values()) <= max(rates[0].values()) - 0.25, rates
