@@ -352,7 +352,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         total = sum(j.steps for j in trained)
         rounds = _rounds(trained)
         first = state["step"] if resuming else 0
-        pools = [_pool(bench, j, workdir / "phases" / str(k), i, first * rounds // max(total, 1), (settings.seed, k, i),
+        r0 = min(first * rounds // max(total, 1), rounds - 1)  # the round a resumed phase is in
+        pools = [_pool(bench, j, workdir / "phases" / str(k), i, r0, (settings.seed, k, i),
                        accelerator) for i, j in enumerate(trained)]
         result.seconds_pool += time.time() - t0
         model.set_trainable(set().union(*(names_by_rule[j.rule] for j in trained)))
