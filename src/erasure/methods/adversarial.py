@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..attacks.learned import PLACEHOLDER, learn, learned_tokens, spaced
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
 from .base import Bench, Defaults, Options, Pool, PreserveOptions, mse, preservation_rows
@@ -80,6 +79,8 @@ class Adversarial:
                    gen: torch.Generator, previous: Pool | None = None) -> Pool:
         """One round's pool: the concept's images and attack vectors carried over from `previous`
         (the last round's pool; None in the first), the attacks learned further, and fresh rows."""
+        from ..attacks.learned import PLACEHOLDER, learn, learned_tokens, spaced  # (attacks import methods.base)
+
         pairs, texts = _prompts(bench, concept, options.images)
         if previous is None:
             with bench.base_weights():
