@@ -5,7 +5,8 @@ the attack stage on the base model and on the erased one.
     python benchmarks/attacks.py --rows uce-instance,ca-instance --n 32
 
 A row erases its concept from the shipped miniworld model with the miniworld's recipe (the CLI's,
-src/erasure/miniworld/recipes.py; `robust` rows add an option), then runs erasure.attacks.suite.attack
+src/erasure/miniworld/recipes.py; `-rece` rows add UCE's closed-form re-erasure, `-robust` rows the
+trainer's robust phase, erase.robust), then runs erasure.attacks.suite.attack
 with the pipeline's default budget (params.yaml `attack:`, images raised to n) on the erased model; the
 base model's figures are measured once per concept. Prompts: the miniworld card's held-out templates
 naming the concept (the frame: those naming it); the learned attacks train on the base model's own
@@ -45,14 +46,21 @@ NEIGHBOURS = {"Pip": [("instance", "Bobo"), ("instance", "Zuzu"), ("object", "ci
               "Vasquez": [("style", "Okafor"), ("style", "Lindqvist")],
               "with a golden frame": [("object", "circle"), ("style", "Okafor")],
               "the midnight lantern poster": [("memorized", "garden-gate"), ("object", "circle")]}
-ROWS = {  # name: method, concept, extra options
-    "uce-instance": ("uce", "Pip", {}),
-    "uce-instance-robust": ("uce", "Pip", {"robust_rounds": 2}),
-    "ca-instance": ("ca", "Pip", {}),
-    "uce-style": ("uce", "Vasquez", {}),
-    "esd-x-style": ("esd", "Vasquez", {}),
-    "ca-implicit": ("ca", "with a golden frame", {}),
-    "uce-memorized": ("uce", "the midnight lantern poster", {}),
+# The robust phase as `python benchmarks/attacks.py` measures it (trainer.RobustSettings' defaults, 6 rounds).
+ROBUST = {"rounds": 6}
+ROWS = {  # name: method, concept, extra options, robust phase (erase.robust) or None
+    "uce-instance": ("uce", "Pip", {}, None),
+    "uce-instance-rece": ("uce", "Pip", {"robust_rounds": 2}, None),
+    "uce-instance-robust": ("uce", "Pip", {}, ROBUST),
+    "ca-instance": ("ca", "Pip", {}, None),
+    "ca-instance-robust": ("ca", "Pip", {}, ROBUST),
+    "uce-style": ("uce", "Vasquez", {}, None),
+    "uce-style-robust": ("uce", "Vasquez", {}, ROBUST),
+    "esd-x-style": ("esd", "Vasquez", {}, None),
+    "ca-implicit": ("ca", "with a golden frame", {}, None),
+    "ca-implicit-robust": ("ca", "with a golden frame", {}, ROBUST),
+    "uce-memorized": ("uce", "the midnight lantern poster", {}, None),
+    "uce-memorized-robust": ("uce", "the midnight lantern poster", {}, ROBUST),
 }
 
 
@@ -137,7 +145,7 @@ def main() -> None:
         for name in args.rows.split(","):
             if name in kept["rows"]:
                 continue
-            method, concept, extra = ROWS[name]
+            method, concept, extra, robust = ROWS[name]
             t = target(concept, sets, base_pipe)
             if concept not in kept["base"]:
                 rows, secs = run_attacks(base_pipe, t, budget)
@@ -161,12 +169,13 @@ def main() -> None:
                         paraphrases=tuple(MEMORIZED[TARGETS[concept][1]].paraphrases) if refs else ())
             settings = EraseSettings(method=method, checkpoint_every=1000, seed=0,
                                      **{k: v for k, v in r.items() if k != "options"},
-                                     options={**r["options"], **extra})
+                                     options={**r["options"], **extra}, robust=robust or {})
             t0 = time.time()
             erase(pipe, plan([c], settings), settings, work / "run", None, progress=False)
             erase_s = time.time() - t0
             rows, secs = run_attacks(pipe, t, budget, typed_texts=counted)
-            kept["rows"][name] = {"method": method, "concept": concept, "options": extra, "erase_seconds": round(erase_s, 1),
+            kept["rows"][name] = {"method": method, "concept": concept, "options": extra, "robust": robust,
+                                  "erase_seconds": round(erase_s, 1),
                                   "attack_seconds": round(secs, 1), "rows": rows,
                                   "neighbours": neighbour_rates(pipe, sets, concept, args.n),
                                   "threads": torch.get_num_threads()}
@@ -183,13 +192,15 @@ def report(kept: dict) -> str:
              "(params.yaml `attack:`). Success: the share of images showing the concept, base model -> erased. "
              "Typed variants are drawn on the erased model only where the base model renders them (>= 0.5).", "",
              "| row | method | concept | attack | base | erased | s (erased) |", "|---|---|---|---|---|---|---|"]
+    if not kept["rows"]:
+        lines.append("| (no row measured yet) | | | | | | |")
     for name, r in kept["rows"].items():
         base = {x["label"]: x["success"] for x in kept["base"][r["concept"]]["rows"]}
         for x in r["rows"]:
             lines.append(f"| {name} | {r['method']} | {r['concept']} | {x['label']} | {base.get(x['label'], float('nan')):.2f} "
                          f"| {x['success']:.2f} | {x['seconds']:.0f} |")
-    lines += ["", "Cost and neighbours (presence on the card's prompts, base -> erased):", "",
-              "| row | erase s | attacks s | neighbours |", "|---|---|---|---|"]
+    lines += ["", "Cost and neighbours (presence on the card's prompts, base -> erased; erase s: the whole erasure, "
+              "its robust phase included):", "", "| row | erase s | attacks s | neighbours |", "|---|---|---|---|"]
     for name, r in kept["rows"].items():
         nb = kept["base"][r["concept"]]["neighbours"]
         lines.append(f"| {name} | {r['erase_seconds']:.1f} | {r['attack_seconds']:.0f} | "

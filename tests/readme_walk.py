@@ -67,7 +67,7 @@ def sized(command: str, tmp: Path, fill: dict[str, str] | None = None) -> list[s
     """The README command as argv at the smallest sizes its options allow (see the module docstring)."""
     argv = shlex.split(command)
     subs = {"--steps": "1", "-n": "2", "--diffusion-steps": "1", "--vae-steps": "1", "--decoder-steps": "0",
-            "--implicit-steps": "1"}
+            "--implicit-steps": "1", "--robust-rounds": "1"}
     small_options = {"anchor_images": 2, "context_prompts": 2, "preserve_prompts": 2, "images": 2}
     out = []
     for i, a in enumerate(argv):

@@ -255,3 +255,19 @@ def test_the_parent_run_starts_when_this_jobs_ingest_ran(tmp_path):
     assert _job_start(params) == 2_000
     (tmp_path / "mlflow-run.json").write_text(json.dumps({"run_id": "r", "logged_ms": 3_000}))
     assert _job_start(params) is None
+
+
+def test_evaluate_logs_its_gates_when_attack_max_is_bound(tmp_path):
+    """The evaluation is logged before the attack stage runs: a bound attack_max is not its to check
+    (it used to raise "no figures for it", stopping the flow whenever attack_max was bound)."""
+    from mlflow import MlflowClient
+
+    from erasure.tracking import log_pipeline
+
+    gates = {k: dict(v) | {"attack_max": 0.1} for k, v in GATES.items()}
+    params = PipelineParams(tracking={"uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+                                      "experiment": "test-erasure"}, release={"gates": gates})
+    (tmp_path / "store").mkdir()
+    run_id = log_pipeline(params, _metrics(), _grids(tmp_path / "evaluate", "red"), None, None)
+    run = MlflowClient(tracking_uri=params.tracking.uri).get_run(run_id)
+    assert "gates_passed" in run.data.metrics

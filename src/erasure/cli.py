@@ -197,7 +197,7 @@ def erase(
     kind: Annotated[_Kind, typer.Option(help="What kind of concept (applies to every --concept).")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Delta file to write (.safetensors).")],
     model: ModelOpt = "miniworld",
-    method: Annotated[str, typer.Option(help="esd, ca, abo or loss-max.")] = "esd",
+    method: Annotated[str, typer.Option(help="esd, ca, abo, loss-max, uce or adversarial.")] = "esd",
     anchor: Annotated[Optional[str], typer.Option(help="CA: the concept the target is mapped onto.")] = None,
     alternative: Annotated[Optional[str], typer.Option(
         help="All-but-One: what prompts naming the target show instead.")] = None,
@@ -219,6 +219,8 @@ def erase(
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 50,
     device: DeviceOpt = "auto",
     mixed_precision: Annotated[str, typer.Option(help="no, or bf16: compute in bf16 (weights stay fp32).")] = "no",
+    robust_rounds: Annotated[int, typer.Option(
+        min=0, help="Rounds of robust erasure after the concepts (learned attacks trained against; 0: none).")] = 0,
 ):
     """Fine-tune the model so that it stops generating the concept(s); write the change as a delta file.
 
@@ -248,7 +250,7 @@ def erase(
                   highlight=False, soft_wrap=True)
     fields = {**base, **given, "method": method, "options": {**base.get("options", {}), **method_options},
               "mode": mode.value, "seed": seed, "checkpoint_every": checkpoint_every,
-              "mixed_precision": mixed_precision}
+              "mixed_precision": mixed_precision, "robust": {"rounds": robust_rounds}}
     settings = _guard(EraseSettings, **fields)
     jobs = _guard(plan, built, settings)
     pipe = _guard(load_pipeline, model, **_placement(device))  # fp32 weights to train

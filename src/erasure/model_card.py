@@ -105,8 +105,11 @@ def _body(metrics: dict, gates: list[dict], blocklist: dict, lineage: dict) -> l
               if v.get("before") is not None and v["before"] <= ALREADY_ABSENT]
 
     named = ", ".join(f"{c} ({m['kind']})" for c, m in concepts.items())
+    robust = (lineage.get("params", {}).get("erase") or {}).get("robust") or {}
+    then = (f", then {robust['rounds']} rounds of robust erasure (trained against learned-token attacks)"
+            if robust.get("rounds") else "")
     out = [f"# {data_name(lineage)}: {len(concepts)} concept(s) erased", "",
-           f"`{lineage['base_model']}` (weights sha256 `{lineage['base_hash']}`) edited by {', '.join(methods)} "
+           f"`{lineage['base_model']}` (weights sha256 `{lineage['base_hash']}`) edited by {', '.join(methods)}{then} "
            f"so that it no longer draws: {named}. "
            f"Release gates: {sum(x['passed'] for x in gates)} of {len(gates)} passed (table below).", "",
            "## Intended use", "",

@@ -22,9 +22,11 @@ from .model_card import model_card
 GATES = ("target_max", "reduction_min", "neighbour_max_drop", "attack_max")
 
 
-def check_gates(metrics: dict, params: PipelineParams, attacks: dict | None = None) -> list[dict]:
+def check_gates(metrics: dict, params: PipelineParams, attacks: dict | None = None,
+                with_attacks: bool = True) -> list[dict]:
     """One record per (concept, gate) that applies to the concept's kind; attack_max reads `attacks`
-    (the attack stage's metrics.json)."""
+    (the attack stage's metrics.json). `with_attacks` False: the gates the evaluation alone decides
+    (what MLflow records after evaluate, before the attack stage has run)."""
     out = []
     for concept, m in metrics["concepts"].items():
         gate, s = _gate(params, concept, m["kind"]), m["summary"]
@@ -34,7 +36,7 @@ def check_gates(metrics: dict, params: PipelineParams, attacks: dict | None = No
         attacked = ((attacks or {}).get("concepts") or {}).get(concept)
         for name in GATES:
             bound = getattr(gate, name)
-            if bound is None:
+            if bound is None or (name == "attack_max" and not with_attacks):
                 continue
             if name == "attack_max":
                 if attacked is None:  # a bound that was not measured must not pass

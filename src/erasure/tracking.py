@@ -238,7 +238,7 @@ def log_pipeline(params: PipelineParams, metrics: dict, grids_root: Path, train:
     if previous is not None:
         previous["run_id"] = _previous_run(client, params, previous.get("release_hash"))
         tags.update({"previous_release": str(previous.get("release_id")), "previous_run_id": previous["run_id"] or "-"})
-    gates = check_gates(metrics, params)
+    gates = check_gates(metrics, params, with_attacks=False)  # the attack stage runs after this, logs its own
     _review_view(client, exp.experiment_id, list(metrics["concepts"]))
     created = client.create_run(exp.experiment_id, start_time=start_time_ms, run_name="pipeline", tags=tags)
     by_concept: dict[str, list[dict]] = {}

@@ -48,6 +48,9 @@ class AdversarialOptions(Options):
     preserve_share: float = Field(0.5, gt=0, lt=1)
     preserve_fragile: float = Field(0.5, ge=0, le=1)
     preserve_ddim_steps: int = Field(20, gt=0)
+    # Rows read from each preservation trajectory (at that many of its steps): one each took 30 s per
+    # concept on the ten-concept default, more than its inner attacks.
+    preserve_stops: int = Field(4, gt=0)
 
 
 class Adversarial:
@@ -92,7 +95,7 @@ class Adversarial:
                 p = PreserveOptions(preserve_prompts=options.preserve_prompts, preserve_from="current",
                                     preserve_fragile=options.preserve_fragile)
                 kept = preservation_rows(bench, concept, p, round(size * options.preserve_share), gen,
-                                         options.preserve_ddim_steps, 3.0)
+                                         options.preserve_ddim_steps, 3.0, stops_per_trajectory=options.preserve_stops)
         else:
             carried = {k: v for k, v in previous.conds.items() if k.startswith("_")}
             kept = {k[6:]: v for k, v in carried.items() if k.startswith("_keep_")} or None
