@@ -197,7 +197,7 @@ def erase(
     kind: Annotated[_Kind, typer.Option(help="What kind of concept (applies to every --concept).")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Delta file to write (.safetensors).")],
     model: ModelOpt = "miniworld",
-    method: Annotated[str, typer.Option(help="esd, ca, abo, loss-max, uce or adversarial.")] = "esd",
+    method: Annotated[str, typer.Option(help="esd, ca, abo, loss-max or uce.")] = "esd",
     anchor: Annotated[Optional[str], typer.Option(help="CA: the concept the target is mapped onto.")] = None,
     alternative: Annotated[Optional[str], typer.Option(
         help="All-but-One: what prompts naming the target show instead.")] = None,
