@@ -82,6 +82,13 @@ def test_a_failed_gate_names_its_value_bound_neighbour_and_phase():
     assert failed_gates(_gates(), _metrics(), SEQUENTIAL, entries)[1]["phase"] == "3/3 Vasquez (esd)\nits paraphrases"
     joint = failed_gates(_gates(), _metrics(), {**SEQUENTIAL, "mode": "joint"})
     assert joint[0]["phase"] == "unknown (joint run)" and joint[2]["phase"] == "the joint phase (all 3)"
+    # Consolidated: the trained phase first, then one solve of the closed-form concepts (train.json's phases).
+    solved = {"mode": "consolidated", "history": [], "phases": [[LONG], ["Pip", "Vasquez"]],
+              "jobs": [{"concept": "Pip", "method": "uce"}, {"concept": LONG, "method": "ca"},
+                       {"concept": "Vasquez", "method": "uce"}]}
+    rows2 = failed_gates(_gates(), _metrics(), solved)
+    assert rows2[0]["phase"] == "2/2, one solve of 2 (uce): Pip\nits anchor"
+    assert rows2[2]["phase"] == "2/2, one solve of 2 (uce): Vasquez"
 
     # A quality gate is put on the phase whose generic-prompt FID rose most (not "not in train.json").
     quality = {"concept": "generic prompts", "kind": "quality", "gate": "fid_max_ratio", "value": 2.94,

@@ -208,7 +208,7 @@ class RobustParams(_Section):
 
 
 class EraseParams(_Section):
-    mode: Literal["joint", "sequential"] = "sequential"
+    mode: Literal["joint", "sequential", "consolidated"] = "sequential"  # see trainer.phases_of
     # The method per concept kind; a blocklist entry's `method` wins.
     methods: dict[KindKey, MethodName] = {"style": "uce", "object": "uce", "instance": "uce", "nudity": "esd",
                                           "implicit": "ca", "memorized": "uce"}

@@ -115,19 +115,32 @@ def _neighbour(m: dict) -> dict | None:
 
 def _phase(concept: str, neighbour: str | None, train: dict, spec: dict[str, dict]) -> str:
     """The phase a failed gate is put on (see the module's docstring), as the table shows it."""
-    jobs = train.get("jobs") or []  # one per sequential phase, in order
-    if not jobs:
+    jobs = {j["concept"]: j for j in train.get("jobs") or []}
+    # train.json's phases (concept names per phase, in the order they ran); older ones: one per job
+    phases = train.get("phases") or [[c] for c in jobs]
+    if not phases:
         return "unknown (train.json names no phases)"
     if train.get("mode") == "joint":
         return "unknown (joint run)" if neighbour else f"the joint phase (all {len(jobs)})"
-    n = len(jobs)
+    n = len(phases)
+
+    def label(k: int, c: str) -> str:  # the phase, and which of its concepts the row is about
+        method = jobs.get(c, {}).get("method", "?")
+        if len(phases[k]) == 1:
+            return f"{k + 1}/{n} {c} ({method})"
+        return f"{k + 1}/{n}, one solve of {len(phases[k])} ({method}): {c}"
+
     if neighbour is None:  # a target gate: the concept's own phase (its name is in the row already)
-        own = [k for k, j in enumerate(jobs) if j["concept"] == concept]
-        return f"{own[-1] + 1}/{n}, its own ({jobs[own[-1]]['method']})" if own else "unknown (not in train.json)"
+        own = [k for k, names in enumerate(phases) if concept in names]
+        if not own:
+            return "unknown (not in train.json)"
+        k = own[-1]
+        return f"{k + 1}/{n}, its own ({jobs[concept]['method']})" if len(phases[k]) == 1 else label(k, concept)
     for k in reversed(range(n)):
-        why = _names(spec.get(jobs[k]["concept"], {}), neighbour)
-        if why:
-            return f"{k + 1}/{n} {jobs[k]['concept']} ({jobs[k]['method']})\n{why}"
+        for c in phases[k]:
+            why = _names(spec.get(c, {}), neighbour)
+            if why:
+                return f"{label(k, c)}\n{why}"
     return "unknown\nno phase names it"
 
 
@@ -144,7 +157,7 @@ def _costliest(gate: dict, train: dict) -> str:
     ph = gate.get("costliest_phase")
     if not ph:
         return "unknown (no per-phase FID)" if train.get("mode") != "joint" else "the joint phase"
-    n = len(train.get("jobs") or []) or "?"
+    n = len(train.get("phases") or train.get("jobs") or []) or "?"
     return f"{ph['phase'] + 1}/{n} {', '.join(ph['concepts'])}\nthe costliest (FID +{ph['fid_rise']:.2f})"
 
 

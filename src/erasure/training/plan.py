@@ -34,7 +34,10 @@ class EraseSettings(BaseModel):
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
-    mode: Literal["joint", "sequential"] = "joint"
+    # joint: every concept in one phase; sequential: one phase per concept, in the order given;
+    # consolidated: the trained concepts one phase each in that order, then every closed-form concept
+    # in one solve (so where a closed-form concept stands in the list changes nothing).
+    mode: Literal["joint", "sequential", "consolidated"] = "joint"
     pool_size: int | None = Field(None, gt=0)  # None: min(steps x batch, MAX_POOL)
     seed: int = 0
     grad_clip: float = 1.0
@@ -124,6 +127,7 @@ def plan(concepts: list[Concept], settings: EraseSettings, methods: list[str | N
         if len(keys) > 1:
             raise ValueError("joint mode trains every concept with one optimizer: lr, batch size and weight decay "
                              f"must agree across concepts (got {sorted(keys)}); set them in the settings")
+    if base.mode in ("joint", "consolidated"):
         for name in dict.fromkeys(j.method for j in jobs if closed_form(j.method)):  # one solve per method
             check = getattr(method_registry.get(name), "check_joint", None)
             if check is not None:
@@ -174,12 +178,22 @@ def check_prompts(tokenizer, jobs: list[Job]) -> None:
 
 
 def phases_of(jobs: list[Job], settings: EraseSettings) -> list[list[Job]]:
-    """The run's phases: all jobs at once (joint), or one per concept in the order they came
-    (sequential: adding a concept at the end trains only it).
+    """The run's phases: all jobs at once (joint); one per concept in the order they came (sequential:
+    adding a concept at the end trains only it); or consolidated: the trained jobs one phase each in
+    that order, then every closed-form job in one solve, sorted by name.
 
-    Tried and measured on the ten-concept default (README, status): trained phases first, then the
-    closed-form ones by name, which makes the result order-free; the frame's CA then ran first and the
-    other memorized image fell to 0.75 in every variant tried. With `settings.robust.rounds`, one more
-    phase: every concept at once, trained against attacks (methods/adversarial.py)."""
-    phases = [jobs] if settings.mode == "joint" else [[j] for j in jobs]
+    Consolidated makes a run's weights independent of where its closed-form concepts stand in the
+    list (bit for bit when at most one concept is trained), and adding a concept trains only it: the
+    trained phases come from the phase cache and the final solve (under a second per concept) is redone
+    whole, since a closed-form solve over several concepts is one linear system. Measured on the
+    ten-concept default (README, status): sequential in reverse order was refused (the frame's CA phase
+    right after the lantern's solve cost the other memorized image). With `settings.robust.rounds`, one
+    more phase: every concept at once, trained against attacks (methods/adversarial.py)."""
+    if settings.mode == "joint":
+        phases = [jobs]
+    elif settings.mode == "consolidated":
+        solved = sorted((j for j in jobs if closed_form(j.method)), key=lambda j: j.concept.text.casefold())
+        phases = [[j] for j in jobs if not closed_form(j.method)] + ([solved] if solved else [])
+    else:
+        phases = [[j] for j in jobs]
     return phases + [robust_jobs(jobs, settings)] if settings.robust.rounds else phases
