@@ -108,7 +108,7 @@ EXPECTED = {
                         "v<number>), got 'my alias'",
     "methods-unknown-kind.yaml": f"erase.methods.styel: unknown kind 'styel'; expected one of {KINDS}",
     "methods-unknown-method.yaml": "erase.methods.style: unknown method 'sd'; expected one of esd, ca, abo, loss-max",
-    "mode-unknown.yaml": "erase.mode: Input should be 'joint' or 'sequential', got 'parallel'",
+    "mode-unknown.yaml": "erase.mode: Input should be 'joint', 'sequential' or 'consolidated', got 'parallel'",
     "zero-stage-5.yaml": "erase.zero_stage: Input should be less than or equal to 3, got 5",
     "zero-stage-bool.yaml": "erase.zero_stage: Input should be a valid integer, got True",
     "mixed-precision-fp16.yaml": "erase.mixed_precision: Input should be 'no' or 'bf16', got 'fp16'",

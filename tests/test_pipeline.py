@@ -180,15 +180,11 @@ def test_killed_flow_resumes_from_its_checkpoint_to_the_stages_release(staged, t
     # The stages' images, as a user's cache would hold them: the flow draws nothing (its erased model
     # is the stages' one, bit for bit), so the test's time goes to Prefect and the training.
     shutil.copytree(staged[0] / "cache" / "images", tmp_path / "cache" / "images")
-    # And the first finished phase (Pip's), as a nightly run finds it: the flow trains the frame's
-    # phase, the one that takes steps (the others are UCE's closed form), killed at a checkpoint inside
-    # it and resumed (the phase cache keys each phase by all before it, so this one is found).
+    # The erase stage's phases (consolidated): the frame's CA phase, the one that takes steps, then one
+    # solve of the three UCE concepts. The flow trains the frame's phase, is killed at a checkpoint
+    # inside it, and resumes there.
     phases = sorted((staged[0] / "cache" / "phases").glob("*.safetensors"), key=lambda f: f.stat().st_mtime)
-    assert len(phases) == 4, "the stages' phase cache holds one phase per concept"
-    (tmp_path / "cache" / "phases").mkdir()
-    for f in phases[:1]:
-        for g in (f, f.with_name(f.name + ".sha256")):
-            shutil.copy2(g, tmp_path / "cache" / "phases" / g.name)
+    assert len(phases) == 2, "the stages' phase cache holds the frame's phase and the solve"
     # In its own process group, killed whole: Prefect's temporary API server is a child process
     # that would outlive a flow killed alone.
     proc = _flow(params_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -210,8 +206,7 @@ def test_killed_flow_resumes_from_its_checkpoint_to_the_stages_release(staged, t
     assert _flow(params_path).wait(timeout=1200) == 0
     assert _release_hash(tmp_path) == _release_hash(staged[0])
     timing = json.loads((tmp_path / "work" / "erase" / "timing.json").read_text())
-    # Resumed inside the frame's phase: the checkpoint holds the cached phase's weights, so the
-    # resumed run trains what the killed one had left of that phase and nothing before it.
+    # Resumed inside the frame's phase: the resumed run trains what the killed one had left of it.
     assert 0 < timing["steps_run"] < 8
 
 
@@ -224,8 +219,8 @@ def test_an_added_concept_redoes_only_its_own_work(staged):
     finally:
         os.chdir(cwd)
     assert second["ingest"]["added"] == ["Bobo"] and len(second["ingest"]["unchanged"]) == 4
-    # Only Bobo's phase ran: UCE, closed form, no steps
-    assert second["erase"]["phases_from_cache"] == 4 and second["erase"]["steps_run"] == 0
+    # The frame's trained phase came from the cache; the solve was redone with Bobo in it (no steps)
+    assert second["erase"]["phases_from_cache"] == 1 and second["erase"]["steps_run"] == 0
     drawn = second["generate"]["images_drawn"]
     probes = {d.name: json.loads((d / "probes.json").read_text()) for d in (tmp / "work" / "generate").iterdir()
               if d.name != "_generic"}

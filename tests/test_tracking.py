@@ -99,7 +99,7 @@ def test_runs_carry_targets_gates_losses_grids_and_the_comparison(tracked, tmp_p
     parent = client.get_run(run_id)
     assert parent.data.tags["blocklist_sha256"] == "c" * 64 and parent.data.tags["base_hash"] == "b" * 64
     assert parent.data.tags["previous_release"] == "111111111111" and parent.data.tags["previous_run_id"] == first
-    assert parent.data.params["erase.mode"] == "sequential" and parent.data.params["release.gates.default.target_max"] == "0.1"
+    assert parent.data.params["erase.mode"] == "consolidated" and parent.data.params["release.gates.default.target_max"] == "0.1"
     m = parent.data.metrics  # the runs table's columns: per concept targets and gates
     assert m["generic_drift"] == 0.01 and m["fid_erased"] == 0.6 and m["Pip.target_after"] == 0.05
     assert m["quality.gate.fid_max_ratio.value"] == 1.2 and m["quality.gate.drift_max.pass"] == 1.0

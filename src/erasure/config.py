@@ -157,8 +157,9 @@ RECIPES = {
     "esd/object": {"rule": "xattn", "steps": 300, **_ESD, "options": _ESD_NAMED},
     "esd/implicit": {"rule": "noxattn", "steps": 200, **_ESD, "options": _ESD_SCENE},
     "esd/nudity": {"rule": "noxattn", "steps": 200, **_ESD, "options": _ESD_SCENE},
-    "ca/implicit": {"rule": "full", "steps": 150, "lr": 2.0e-4, **_CA,
-                    "options": {"anchor_steps": 20, "anchor_images": 128, "loss": "noise", "regularization": 2.0}},
+    "ca/implicit": {"rule": "noxattn", "steps": 150, "lr": 2.0e-4, **_CA,
+                    "options": {"anchor_steps": 20, "anchor_images": 128, "loss": "noise", "regularization": 2.0,
+                                "anchor_fragile": 0.1}},
     "ca/instance": {"rule": "xattn-kv", "steps": 200, "lr": 5.0e-4, **_CA,
                     "options": {"anchor_steps": 20, "anchor_images": 64}},
     "ca/object": {"rule": "xattn-kv", "steps": 200, "lr": 5.0e-4, **_CA,
@@ -168,7 +169,7 @@ RECIPES = {
     "uce/style": {"options": {"context_prompts": 64, "preserve_prompts": 256}},
     "uce/instance": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
     "uce/object": {"options": {"context_prompts": 64, "preserve_prompts": 128, "erase_scale": 2.0}},
-    "uce/memorized": {"options": {"context_prompts": 64, "preserve_prompts": 128}},
+    "uce/memorized": {"options": {"context_prompts": 64, "preserve_prompts": 128, "erase_scale": 2.0}},
 }
 
 
@@ -208,7 +209,7 @@ class RobustParams(_Section):
 
 
 class EraseParams(_Section):
-    mode: Literal["joint", "sequential", "consolidated"] = "sequential"  # see trainer.phases_of
+    mode: Literal["joint", "sequential", "consolidated"] = "consolidated"  # see trainer.phases_of
     # The method per concept kind; a blocklist entry's `method` wins.
     methods: dict[KindKey, MethodName] = {"style": "uce", "object": "uce", "instance": "uce", "nudity": "esd",
                                           "implicit": "ca", "memorized": "uce"}

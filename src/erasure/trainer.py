@@ -279,7 +279,10 @@ def _edit_closed_form(bench: Bench, jobs: list[Job], seed_parts: tuple, model: E
 
 
 def _label(phase: list[Job]) -> str:
-    return phase[0].concept.text if len(phase) == 1 else f"{len(phase)} concepts jointly"
+    if len(phase) == 1:
+        return phase[0].concept.text
+    return f"{len(phase)} concepts in one solve" if all(closed_form(j.method) for j in phase) else \
+        f"{len(phase)} concepts jointly"
 
 
 def _seed(*parts) -> int:

@@ -93,7 +93,7 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
 
 def phase_images(params: PipelineParams, jobs, settings, base_hash: str) -> dict[str, np.ndarray]:
     """{phase index: uint8 images of the first generate.phase_images generic prompts} for every phase
-    of a sequential run but the last, drawn like the generate stage's (its dtype, device, sampler) from
+    of a run of several phases but the last, drawn like the generate stage's (its dtype, device, sampler) from
     the phase cache's deltas, through the image cache (a rerun draws only phases it has not seen)."""
     from ..delta import apply_delta, load_delta
     from ..io import digest_problem

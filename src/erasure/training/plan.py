@@ -185,10 +185,10 @@ def phases_of(jobs: list[Job], settings: EraseSettings) -> list[list[Job]]:
     Consolidated makes a run's weights independent of where its closed-form concepts stand in the
     list (bit for bit when at most one concept is trained), and adding a concept trains only it: the
     trained phases come from the phase cache and the final solve (under a second per concept) is redone
-    whole, since a closed-form solve over several concepts is one linear system. Measured on the
-    ten-concept default (README, status): sequential in reverse order was refused (the frame's CA phase
-    right after the lantern's solve cost the other memorized image). With `settings.robust.rounds`, one
-    more phase: every concept at once, trained against attacks (methods/adversarial.py)."""
+    whole, since a closed-form solve over several concepts is one linear system. On the ten-concept
+    default (README, status) the sequential reverse order was refused; consolidated, both orders end in
+    the same weights. With `settings.robust.rounds`, one more phase: every concept at once, trained
+    against attacks (methods/adversarial.py)."""
     if settings.mode == "joint":
         phases = [jobs]
     elif settings.mode == "consolidated":
