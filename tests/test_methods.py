@@ -411,3 +411,35 @@ def test_ca_anchor_fragile_puts_the_worlds_fragile_outputs_among_the_anchor_prom
     a_table = pool.conds["a"]
     assert torch.equal(a_table, bench.encode(["a dog", "a cup", "a hat"]))
     assert torch.isfinite(loss)
+
+
+def test_ca_concepts_with_one_anchor_share_their_anchor_images(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Anchor prompts and seeds follow the anchor, not the concept or the phase: a second concept with
+    the same anchor finds the first's images in the image cache (nothing drawn), another anchor draws
+    its own, and a pool built from cached images equals one drawn afresh without a cache."""
+    from erasure import cache
+
+    drawn = []
+    real = cache.generate
+    monkeypatch.setattr(cache, "generate",
+                        lambda pipe, prompts, *a, **k: drawn.append(len(prompts)) or real(pipe, prompts, *a, **k))
+    method = methods.get("ca")
+    opts = method.Options(anchor_images=4, anchor_steps=2)
+    bench = _bench(tiny_pipeline_dir, "xattn-kv")
+    bench.image_cache, bench.state_id = tmp_path / "images", "weights-at-phase-start"
+
+    def pool(text: str, anchor: str, seed: int):
+        prompts = SHORT if anchor == "cat" else ("a hat",)
+        concept = Concept(text=text, kind="instance", anchor=anchor, anchor_prompts=prompts)
+        return method.build_pool(bench, concept, opts, SIZE, torch.Generator().manual_seed(seed))
+
+    first = pool("kitty", "cat", 0)
+    assert drawn == [4]
+    pool("tabby", "cat", 1)
+    assert drawn == [4]  # all four found
+    pool("fedora", "hat", 0)
+    assert drawn == [4, 4]
+    again = pool("kitty", "cat", 0)  # from the cache
+    bench.image_cache = None
+    fresh = pool("kitty", "cat", 0)  # drawn, no cache
+    assert torch.equal(again.rows["x"], first.rows["x"]) and torch.equal(fresh.rows["x"], first.rows["x"])

@@ -48,6 +48,10 @@ def test_the_robust_phase_follows_the_concepts_and_trains_in_rounds(tiny_pipelin
     r0, r1 = (Pool.load(tmp_path / "w" / "phases" / "2" / n) for n in ("pool-0.safetensors", "pool-0-round1.safetensors"))
     assert not torch.equal(r0.conds["_vectors_soft"], r1.conds["_vectors_soft"])
     assert torch.equal(r0.conds["_z"], r1.conds["_z"])  # the concept's images are drawn once
+    # one set of preservation rows (naming neither concept, toward the phase's start) serves both pools
+    other = Pool.load(tmp_path / "w" / "phases" / "2" / "pool-1.safetensors")
+    kept = [k for k in r0.conds if k.startswith("_keep_")]
+    assert kept and all(torch.equal(r0.conds[k], other.conds[k]) for k in kept)
     # the robust rule's tensors are in the delta beside the concepts' own
     tensors, meta = load_delta(tmp_path / "d.safetensors")
     assert any("attn2.to_q" in k for k in tensors) and meta["params"]["settings"]["robust"]["rounds"] == 2
@@ -132,3 +136,22 @@ def test_robust_phase_takes_back_what_learned_tokens_recover_on_the_miniworld(tm
             assert np.mean(judge.detect(shown, {"head": "instance", "label": "Bobo"})) >= 0.75
     assert max(rates[0].values()) >= 0.5, rates  # UCE alone: the learned tokens bring Pip back
     assert max(rates[3].values()) <= max(rates[0].values()) - 0.25, rates
+
+
+def test_neighbour_prompts_name_the_family_left_off_the_list():
+    """The miniworld's neighbours of an erasure: the other styles beside a style, the other objects beside
+    an object, an instance or the implicit attribute; never a concept of the list; none for other models."""
+    from erasure.miniworld.concepts import OBJECTS, STYLES
+    from erasure.prompts import neighbour_prompts, preservation_prompts
+
+    listed = (Concept(text="Vasquez", kind="style"), Concept(text="star", kind="object"),
+              Concept(text="Pip", kind="instance", anchor="circle"))
+    got = neighbour_prompts(listed, 40, "miniworld", seed=0)
+    assert len(got) == 40 and not any(w in p for p in got for w in ("Vasquez", "star", "Pip"))
+    named = {n for p in got for n in (*STYLES, *OBJECTS) if n in p}
+    assert {"Okafor", "Lindqvist", "Moreau", "Tanaka"} <= named and {"circle", "triangle", "moon"} <= named
+    styles_only = neighbour_prompts((listed[0],), 12, "miniworld", seed=0)
+    assert all(any(a in p for a in STYLES) for p in styles_only)
+    assert neighbour_prompts(listed, 8, "tiny") == []
+    mixed = preservation_prompts(listed, 20, "miniworld", seed=0, neighbours=0.5)
+    assert len(mixed) == 20 and mixed[10:] == got[:10]

@@ -46,3 +46,10 @@ def model_device(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where a module's weights are, and their floating dtype (of its first parameter)."""
     p = next(module.parameters())
     return p.device, p.dtype
+
+
+def placement_tag(module: torch.nn.Module) -> str:
+    """"" on the CPU in fp32, else "@<device>-<dtype>": another device or dtype draws other images from
+    the same seeds, so image cache keys name it (CPU fp32 keys as they always were)."""
+    device, dtype = model_device(module)
+    return "" if (device.type, dtype) == ("cpu", torch.float32) else f"@{device.type}-{str(dtype).split('.')[-1]}"

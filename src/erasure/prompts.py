@@ -44,17 +44,26 @@ def anchor_prompts(concept: Concept, n: int, model_spec: str, seed: int = 0) -> 
 
 
 def preservation_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0,
-                         fragile: float = 0.0) -> list[str]:
+                         fragile: float = 0.0, neighbours: float = 0.0) -> list[str]:
     """n ordinary prompts that name none of `exclude` (what an edit should leave unchanged); a `fragile`
     share of them, where the world knows its fragile outputs (the miniworld's memorized images and
-    instances), prompts of those, far above their share in ordinary captions."""
+    instances), prompts of those, far above their share in ordinary captions; a `neighbours` share,
+    where it knows them, prompts of what erasing `exclude` endangers first (neighbour_prompts)."""
     if (world := world_prompts(model_spec)) is not None:
         extra = fragile_prompts(exclude, round(n * fragile), model_spec, seed)
+        extra += neighbour_prompts(exclude, round(n * neighbours), model_spec, seed)
         return world.preservation_prompts([c.text for c in exclude], n - len(extra), seed) + extra
     banned = [c.text.lower() for c in exclude]
     base = [t.format(s=s) for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]
     base = [p for p in base if not any(b in p.lower() for b in banned)]
     return [base[i % len(base)] for i in range(n)]
+
+
+def neighbour_prompts(concepts: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0) -> list[str]:
+    """n prompts of what erasing `concepts` endangers first, where the world knows it (the miniworld: the
+    styles and objects of their family left off the list), else [] (any other model)."""
+    world = world_prompts(model_spec)
+    return world.neighbour_prompts([(c.text, c.kind) for c in concepts], n, seed) if world is not None and n else []
 
 
 def fragile_prompts(exclude: tuple[Concept, ...], n: int, model_spec: str, seed: int = 0) -> list[str]:

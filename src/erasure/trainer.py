@@ -17,8 +17,6 @@ DeepSpeed are set up in training/accelerate_setup.py.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import resource
 import time
@@ -38,7 +36,7 @@ from .editable import EditableModel
 from .families import SDXL_EMBEDDING_RULE, added_conditioning, is_sdxl
 from .frozen import FrozenOriginal
 from .io import save_safetensors
-from .methods.base import Bench, Pool
+from .methods.base import Bench, Pool, derived_seed
 from .params import UNET_RULES, select_unet
 from .progress import Progress
 from .training.accelerate_setup import gathered, make_accelerator, save_main, zero3_external
@@ -73,13 +71,18 @@ class EraseResult:
 def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Path | None = None, *,
           model_spec: str = "miniworld", base_hash: str | None = None,
           on_phase_end: Callable[[int, list[Job]], dict] | None = None, progress: bool = True,
-          stop_after: int | None = None, phase_cache: Path | None = None) -> EraseResult:
+          stop_after: int | None = None, phase_cache: Path | None = None,
+          image_cache: Path | None = None) -> EraseResult:
     """Train the erasure; write the delta to `out` (atomically). `stop_after` ends early (tests).
 
     `phase_cache`: a folder of finished phases keyed by everything that determines them (base model
     hash, settings, the jobs of this phase and all before it). A run whose first phases match a
     cached prefix starts after it, so adding a concept to a sequential run trains only that concept,
     and ends in the same weights as a run from scratch.
+
+    `image_cache`: the content-addressed image cache's folder (cache.py); with `base_hash`, the anchor
+    images methods draw (CA's) are kept there, keyed by the weights the phase starts from, and found
+    by every concept with the same anchor.
     """
     if is_sdxl(pipe) and any(j.rule == "embedding" for j in jobs):
         raise ValueError(SDXL_EMBEDDING_RULE)
@@ -132,7 +135,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         model.stop_gradient_first_token()
     if settings.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    bench = Bench(pipe, model, model_spec, progress=progress)
+    bench = Bench(pipe, model, model_spec, progress=progress, seed=settings.seed,
+                  image_cache=Path(image_cache) if image_cache is not None and base_hash else None)
     trainable = model.trainable()
     if keep_base:  # taken before a checkpoint's values are loaded: these are the base model's
         bench._base = FrozenOriginal(model, _base_values(model, trainable, pristine))
@@ -170,6 +174,8 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         # only on the phases up to it (what its phase-cache key holds).
         bench.run_concepts = tuple(j.concept for p in phases[:k + 1] for j in p)
         bench.phase_concepts = tuple(j.concept for j in phase)
+        # The weights this phase starts from, by content: what it draws is cached under this.
+        bench.state_id = None if not base_hash else base_hash if k == 0 else phase_key(base_hash, settings, phases[:k], code)
         t0 = time.time()
         solved = [j for j in phase if closed_form(j.method)]
         if solved and not resuming:  # a resumed phase's checkpoint already holds the solve
@@ -286,7 +292,7 @@ def _label(phase: list[Job]) -> str:
 
 
 def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") & (2**63 - 1)
+    return derived_seed(*parts)
 
 
 def _names(model: EditableModel, rule: str) -> set[str]:

@@ -27,7 +27,8 @@ from ..concept import Concept, ConceptError
 from ..families import denoising_target
 from ..prompts import anchor_prompts, fragile_prompts, target_prompt
 from ..worlds import attribute_reader, not_copies
-from .base import Bench, Defaults, Pool, PreserveOptions, mse, preservation_rows, prompt_table, reference_images
+from .base import (Bench, Defaults, Pool, PreserveOptions, derived_seed, mse, preservation_rows, prompt_table,
+                   reference_images)
 
 
 class CAOptions(PreserveOptions):
@@ -85,13 +86,16 @@ class ConceptAblation:
                    gen: torch.Generator) -> Pool:
         n_keep = round(size * options.preserve_share) if options.preserve_prompts else 0
         size -= n_keep  # the pool holds `size` rows in all: ablation rows, then preservation rows
-        prompts = anchor_prompts(concept, options.anchor_images, bench.model_spec,
-                                 seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        # Prompts and seeds follow the anchor, not the phase: concepts with the same anchor ask for the
+        # same images, which the image cache then holds once (Bench.anchor_latents).
+        seed = anchor_seed(concept, bench.seed)
+        prompts = anchor_prompts(concept, options.anchor_images, bench.model_spec, seed=seed % 2**31)
         if options.anchor_fragile:
             extra = fragile_prompts(bench.run_concepts or (concept,), round(len(prompts) * options.anchor_fragile),
-                                    bench.model_spec, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                                    bench.model_spec, seed=seed % 2**31)
             prompts = prompts[:len(prompts) - len(extra)] + extra
-        z = bench.sample_latents(prompts, gen, options.anchor_steps, options.anchor_guidance,
+        seeds = [derived_seed(seed, p, i) % 2**31 for i, p in enumerate(prompts)]
+        z = bench.anchor_latents(prompts, seeds, options.anchor_steps, options.anchor_guidance,
                                  desc=bench.desc(concept, "anchor images"))
         if concept.kind == "memorized":
             images = bench.decode(z)
@@ -137,6 +141,16 @@ class ConceptAblation:
                 w = (1 - keep.float()).view(-1, *[1] * (x.ndim - 1))
                 loss = loss + options.regularization * (reg * w).sum() / (w.sum() * reg[0].numel()).clamp(min=1)
         return loss
+
+
+def anchor_seed(concept: Concept, run_seed: int) -> int:
+    """The seed of a concept's anchor prompts and images: a function of what its anchor prompts are made
+    from (the kind's family, the anchor, given prompts or paraphrases) and the run's seed, so that
+    instances and objects sharing a class, or two implicit attributes, draw the same anchor images."""
+    family = {"instance": "class", "object": "class", "nudity": "scene", "implicit": "scene"}
+    family = family.get(concept.kind, concept.kind)
+    own = list(concept.anchor_prompts) or (list(concept.paraphrases) if concept.kind == "memorized" else [])
+    return derived_seed("anchor", family, concept.anchor, own, run_seed)
 
 
 def _with_preservation(bench: Bench, concept: Concept, options: CAOptions, keep: int, gen: torch.Generator,

@@ -18,11 +18,11 @@ seeds and prompts than the attack stage's: what is learned here is not the gate'
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
-from .base import Bench, Defaults, Options, Pool, PreserveOptions, mse, preservation_rows
+from .base import Bench, Defaults, Options, Pool, PreserveOptions, derived_seed, mse, preservation_rows
 
 
 PROMPT_SEED = 7  # the robust phase's own prompts: not the attack stage's (those are the evaluation's)
@@ -47,10 +47,19 @@ class AdversarialOptions(Options):
     preserve_prompts: int = Field(64, ge=0)
     preserve_share: float = Field(0.5, gt=0, lt=1)
     preserve_fragile: float = Field(0.5, ge=0, le=1)
+    preserve_neighbours: float = Field(0.0, ge=0, le=1)  # a share naming the concepts' neighbours (prompts.py)
     preserve_ddim_steps: int = Field(20, gt=0)
     # Rows read from each preservation trajectory (at that many of its steps): one each took 30 s per
     # concept on the ten-concept default, more than its inner attacks.
     preserve_stops: int = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.preserve_fragile + self.preserve_neighbours > 1:
+            total = self.preserve_fragile + self.preserve_neighbours
+            raise ValueError(f"preserve_fragile + preserve_neighbours is {total:g}; expected at most 1 (shares of "
+                             "the same preservation prompts)")
+        return self
 
 
 class Adversarial:
@@ -90,12 +99,7 @@ class Adversarial:
                 z = bench.sample_latents(texts, gen, options.image_steps, options.image_guidance,
                                          desc=bench.desc(concept, "robust: its images"))
             carried = {"_z": z, "_a": bench.encode(pairs), "_named": bench.encode(texts)}
-            kept = None
-            if options.preserve_prompts:
-                p = PreserveOptions(preserve_prompts=options.preserve_prompts, preserve_from="current",
-                                    preserve_fragile=options.preserve_fragile)
-                kept = preservation_rows(bench, concept, p, round(size * options.preserve_share), gen,
-                                         options.preserve_ddim_steps, 3.0, stops_per_trajectory=options.preserve_stops)
+            kept = _shared_preservation(bench, concept, options, round(size * options.preserve_share))
         else:
             carried = {k: v for k, v in previous.conds.items() if k.startswith("_")}
             kept = {k[6:]: v for k, v in carried.items() if k.startswith("_keep_")} or None
@@ -134,6 +138,26 @@ class Adversarial:
 
     def loss(self, model, batch: dict[str, torch.Tensor], options: AdversarialOptions, bench: Bench) -> torch.Tensor:
         return mse(model(batch["x"], batch["t"], batch["c"]), batch["target"])
+
+
+def _shared_preservation(bench: Bench, concept: Concept, options: AdversarialOptions,
+                         keep: int) -> dict[str, torch.Tensor] | None:
+    """The phase's preservation rows, drawn once and shared by every concept's pool: they name none of
+    the phase's concepts and target the model as the phase found it, so one set serves them all (one
+    set per concept was 30 s each on the ten-concept default). Seeded by the phase's concepts and
+    options alone, so a pool rebuilt on resuming finds the same rows."""
+    if not options.preserve_prompts:
+        return None
+    seed = derived_seed("adversarial-preservation", [c.text for c in bench.phase_concepts], options.preserve_prompts,
+                        options.preserve_fragile, options.preserve_neighbours, options.preserve_ddim_steps,
+                        options.preserve_stops, keep)
+    if seed not in bench.shared:
+        p = PreserveOptions(preserve_prompts=options.preserve_prompts, preserve_from="current",
+                            preserve_fragile=options.preserve_fragile, preserve_neighbours=options.preserve_neighbours)
+        bench.shared[seed] = preservation_rows(bench, concept, p, keep, torch.Generator().manual_seed(seed),
+                                               options.preserve_ddim_steps, 3.0,
+                                               stops_per_trajectory=options.preserve_stops)
+    return bench.shared[seed]
 
 
 def _prompts(bench: Bench, concept: Concept, n: int) -> tuple[list[str], list[str]]:

@@ -12,6 +12,8 @@ model the concept starts from), eps* never needs a second copy of the network.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,7 +22,7 @@ from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..concept import Concept, ConceptError
 from ..device import model_device
@@ -96,6 +98,15 @@ class Bench:
     # Pool building shows its progress (erasure/progress.py) unless the run shows none.
     progress: bool = True
     _frozen: object = None
+    # What a method builds once and several pools share (the robust phase's preservation rows), by key.
+    shared: dict = field(default_factory=dict)
+    # The run's seed (the trainer sets it): what is drawn per anchor rather than per phase is seeded by it.
+    seed: int = 0
+    # The content-addressed image cache's folder (cache.py) and the identity of the weights this phase
+    # starts from (the base model's hash, or the phase cache's key of the phases before it; the trainer
+    # sets it per phase). Both set: anchor images are found there by every concept with the same anchor.
+    image_cache: Path | None = None
+    state_id: str | None = None
     # The base model's values of the trainable tensors, when the trainer keeps them (a sequential
     # run with preservation rows); None: the current weights are the base (joint runs, phase 0).
     _base: object = None
@@ -223,6 +234,25 @@ class Bench:
         return generate_latents(self.pipe, prompts, seeds, steps=steps, guidance=guidance, desc=desc or "",
                                 progress=desc is not None).cpu()
 
+    def anchor_latents(self, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+                       desc: str | None = "anchor images") -> torch.Tensor:
+        """Latents of the current model's images for prompts and seeds, through the image cache when the
+        trainer gave one: drawn as images (PNG, lossless) and encoded, on a hit as on a miss, so a cached
+        draw gives the same pool bit for bit. Concepts that share an anchor (and a phase's starting
+        weights) ask for the same prompts and seeds, and the second finds the first's images."""
+        from ..cache import ImageCache, sampler_id
+        from ..device import placement_tag
+        from ..sampling import generate
+
+        if self.image_cache is not None and self.state_id is not None:
+            cache = ImageCache(self.image_cache, self.state_id, steps, guidance,
+                               sampler=sampler_id(self.pipe) + placement_tag(self.pipe.unet))
+            images = cache.images(self.pipe, prompts, seeds, progress=desc is not None, desc=desc or "")
+        else:
+            images = generate(self.pipe, prompts, seeds, steps=steps, guidance=guidance, progress=desc is not None,
+                              desc=desc or "")
+        return self.encode_images(images)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
@@ -242,7 +272,10 @@ class Bench:
 def encode_images(vae, images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> latents as the UNet sees them (mean of the VAE posterior, scaled), on the CPU."""
     device, dtype = model_device(vae)
-    x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, dtype)
+    # contiguous NCHW whatever the array's strides: the VAE's convolutions give other last bits on another
+    # memory layout, and a cached image (read from a PNG) must encode as the freshly drawn one did
+    x = torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    x = (x.float() / 127.5 - 1).to(device, dtype)
     return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
 
 
@@ -257,8 +290,18 @@ class PreserveOptions(Options):
     preserve_prompts: int = Field(0, ge=0)
     preserve_share: float = Field(0.25, gt=0, lt=1)
     preserve_from: Literal["base", "current"] = "base"
-    # Of the preservation prompts, this share names the world's fragile outputs (prompts.py).
+    # Of the preservation prompts, this share names the world's fragile outputs, and this share the
+    # neighbours of the concepts excluded (prompts.py: the styles and objects of their family).
     preserve_fragile: float = Field(0.0, ge=0, le=1)
+    preserve_neighbours: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.preserve_fragile + self.preserve_neighbours > 1:
+            total = self.preserve_fragile + self.preserve_neighbours
+            raise ValueError(f"preserve_fragile + preserve_neighbours is {total:g}; expected at most 1 (shares of "
+                             "the same preservation prompts)")
+        return self
 
 
 def preservation_rows(bench: Bench, concept: Concept, options: PreserveOptions, keep: int, gen: torch.Generator,
@@ -273,7 +316,7 @@ def preservation_rows(bench: Bench, concept: Concept, options: PreserveOptions, 
     exclude = bench.phase_concepts if options.preserve_from == "current" else bench.run_concepts
     prompts = preservation_prompts(exclude or (concept,), options.preserve_prompts, bench.model_spec,
                                    seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
-                                   fragile=options.preserve_fragile)
+                                   fragile=options.preserve_fragile, neighbours=options.preserve_neighbours)
     q = bench.encode(prompts)
     k = stops_per_trajectory
     runs = -(-keep // k)
@@ -302,6 +345,11 @@ def reference_images(concept: Concept, size: int) -> np.ndarray:
         for img in imgs:
             arrays.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)))
     return np.stack(arrays)
+
+
+def derived_seed(*parts) -> int:
+    """A seed from any JSON-able parts (sha256): the same parts give the same seed on every machine."""
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def prompt_table(prompts: list[str]) -> tuple[list[str], torch.Tensor]:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from ..concept import Concept
-from .concepts import INSTANCES, MEMORIZED, OBJECTS
+from .concepts import INSTANCES, MEMORIZED, OBJECTS, STYLES
 from .world import TRAIN_INSTANCE_SUBJECTS, caption, sample_scene, scene_rng
 
 
@@ -83,3 +83,31 @@ def fragile_prompts(exclude: list[str], n: int, seed: int = 0) -> list[str]:
         return []
     groups = [found[k] for k in sorted(found)]
     return [groups[i % len(groups)][(i // len(groups)) % len(groups[i % len(groups)])] for i in range(n)]
+
+
+def neighbour_prompts(exclude: list[tuple[str, str]], n: int, seed: int = 0) -> list[str]:
+    """n captions (training templates) of what erasing `exclude` ((text, kind) pairs) endangers first:
+    the concepts of the same family left off the list, each forced into ordinary scenes, in turn. The
+    other styles beside an erased style; the other objects beside an erased object, an instance (its
+    class is an object) or the implicit attribute (it surrounds any object). Instances and memorized
+    images are fragile_prompts' (any kind of erasure endangers them)."""
+    banned = {t.casefold() for t, _ in exclude}
+    kinds = {k for _, k in exclude}
+    names: list[tuple[str, str]] = []
+    if "style" in kinds:
+        names += [("style", a) for a in STYLES if a.casefold() not in banned]
+    if kinds & {"object", "instance", "implicit", "nudity"}:
+        names += [("object", o) for o in OBJECTS if o.casefold() not in banned]
+    if not names or not n:
+        return []
+    rng = np.random.default_rng([seed, 17])
+    out, i = [], 0
+    while len(out) < n:
+        scene = sample_scene(scene_rng(seed + 7_000_000, i))
+        i += 1
+        if scene.memorized or scene.instance or scene.style.casefold() in banned or scene.object.casefold() in banned:
+            continue
+        key, name = names[len(out) % len(names)]
+        scene = dataclasses.replace(scene, **{key: name}, frame=False)
+        out.append(caption(scene, rng, held_out=False, name_frame=False))
+    return out

@@ -67,7 +67,7 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
     with atomic_dir(out_dir) if stop_after is None else _nowhere() as tmp:
         result = erase(pipe, jobs, settings, workdir, None if tmp is None else tmp / "delta.safetensors",
                        model_spec=params.model, base_hash=base_hash, progress=progress, stop_after=stop_after,
-                       phase_cache=params.paths.cache / "phases")
+                       phase_cache=params.paths.cache / "phases", image_cache=params.paths.cache / "images")
         summary = {"concepts": [j.concept.text for j in jobs], "mode": settings.mode,
                    "phases": [[j.concept.text for j in ph] for ph in phases_of(jobs, settings)],
                    "jobs": [j.describe() | {"concept": j.concept.text} for j in jobs],

@@ -13,10 +13,10 @@ import json
 import shutil
 
 import numpy as np
-import torch
 
 from ..cache import ImageCache, sampler_id
 from ..config import PipelineParams
+from ..device import placement_tag
 from ..io import atomic_dir
 from .. import processes, worlds
 from ..prompts import anchor_prompts
@@ -52,11 +52,8 @@ def judges(params: PipelineParams):
 def image_cache(params: PipelineParams, weights_key: str, pipe) -> ImageCache:
     """The content-addressed image cache for `pipe`, whose weights hash to `weights_key`."""
     g = params.generate
-    # Another device or dtype draws other images from the same seeds: named in the key (CPU fp32 as before).
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    where = "" if (device.type, dtype) == ("cpu", torch.float32) else f"@{device.type}-{str(dtype).split('.')[-1]}"
     return ImageCache(params.paths.cache / "images", weights_key, g.steps, g.guidance, g.batch_size,
-                      sampler=sampler_id(pipe) + where, processes=processes.launched())
+                      sampler=sampler_id(pipe) + placement_tag(pipe.unet), processes=processes.launched())
 
 
 def model_and_cache(params: PipelineParams):
