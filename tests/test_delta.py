@@ -196,3 +196,21 @@ def test_erase_to_an_unwritable_place_is_one_error_before_any_training(tiny_pipe
             assert f"{flag} {parent}" in res.output and "cannot write there" in res.output and why in res.output
             assert "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no workdir, no delta
+
+
+def test_the_weights_digest_follows_the_tensors_not_the_file(tmp_path):
+    """Two deltas with the same tensors and other metadata (the concepts in another order) share the
+    digest images are cached under; a changed value, dtype or name does not."""
+    from erasure.delta import weights_digest
+
+    w = {"unet.a.weight": torch.arange(6.0).reshape(2, 3), "text_encoder.b": torch.ones(2)}
+    for i, concepts in enumerate(([{"text": "x"}, {"text": "y"}], [{"text": "y"}, {"text": "x"}])):
+        save_delta(tmp_path / f"{i}.safetensors", w, method="uce", params={}, concepts=concepts, base_hash="h")
+    a, b = (load_delta(tmp_path / f"{i}.safetensors")[0] for i in range(2))
+    assert (tmp_path / "0.safetensors").read_bytes() != (tmp_path / "1.safetensors").read_bytes()
+    assert weights_digest(a) == weights_digest(b) == weights_digest(w)
+    changed = dict(w, **{"text_encoder.b": torch.tensor([1.0, 1.0 + 2**-20])})
+    assert weights_digest(changed) != weights_digest(w)
+    assert weights_digest(dict(w, **{"text_encoder.b": torch.ones(2, dtype=torch.float64)})) != weights_digest(w)
+    renamed = {"unet.c.weight": w["unet.a.weight"], "text_encoder.b": w["text_encoder.b"]}
+    assert weights_digest(renamed) != weights_digest(w)

@@ -9,6 +9,7 @@ same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -56,6 +57,17 @@ def load_delta(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     _check_base_hash(meta, f"--delta {path}")
     _check_finite(tensors, f"--delta {path}:")
     return tensors, meta
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a delta's tensors (names, dtypes, shapes, values), not of its file: deltas with the same
+    weights and other metadata (the same concepts listed in another order) draw the same images."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _check_base_hash(meta: dict, where: str) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 from ..attacks.suite import Outcome, Target, attack, check, chosen_variants, strongest
 from ..codehash import code_hash
 from ..config import PipelineParams
-from ..delta import apply_delta, load_delta
+from ..delta import apply_delta, load_delta, weights_digest
 from ..io import CacheWarning, atomic_dir, atomic_file
 from ..sampling import grid
 from . import inputs
@@ -50,6 +50,7 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     check(pipe, params.attack)
     panel = judges(params)
     delta_sha = hashlib.sha256(delta.read_bytes()).hexdigest()
+    weights = weights_digest(tensors)  # what the results depend on: the same weights in another order's file hit
 
     code = code_hash("attacks/suite.py")  # once: hashing the sources walks every module they import
     print(f"attack: {len(entries)} concept(s), attacks {', '.join(params.attack.attacks) or 'none'}; base model")
@@ -60,7 +61,7 @@ def run(params: PipelineParams, track: bool = True) -> dict:
     for c, t in targets.items():
         counted = {o["text"] for o in base[c]["outcomes"]
                    if o["attack"] == "typed" and o["success"] >= params.attack.typed.base_min}
-        erased[c] = _attack(params, pipe, f"{base_hash}+{delta_sha}", t, panel.judge(t.kind), counted, code)
+        erased[c] = _attack(params, pipe, f"{base_hash}+{weights}", t, panel.judge(t.kind), counted, code)
 
     methods = {e["concept"]: inputs.method_for(params, e) for e in entries}
     evaluated = _evaluated(params)

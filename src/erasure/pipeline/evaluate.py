@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import PipelineParams
-from ..delta import apply_delta, load_delta
+from ..delta import apply_delta, load_delta, weights_digest
 from .. import processes
 from ..io import atomic_dir, atomic_file
 from ..sampling import grid, side_by_side
@@ -36,7 +36,8 @@ def erased_model(params: PipelineParams):
     tensors, meta = load_delta(delta)
     pipe, base_hash = base_model(params)
     apply_delta(pipe, tensors, meta, base_hash)
-    return pipe, base_hash, image_cache(params, f"{base_hash}+{hashlib.sha256(delta.read_bytes()).hexdigest()}", pipe)
+    # keyed by the weights, not the file (whose metadata lists the concepts in the blocklist's order)
+    return pipe, base_hash, image_cache(params, f"{base_hash}+{weights_digest(tensors)}", pipe)
 
 
 def evaluate_concept(params: PipelineParams, entry: dict, pipe, cache, panel) -> dict:
