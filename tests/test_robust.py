@@ -155,3 +155,26 @@ def test_neighbour_prompts_name_the_family_left_off_the_list():
     assert neighbour_prompts(listed, 8, "tiny") == []
     mixed = preservation_prompts(listed, 20, "miniworld", seed=0, neighbours=0.5)
     assert len(mixed) == 20 and mixed[10:] == got[:10]
+
+
+def test_the_phases_before_the_robust_one_are_found_in_the_phase_cache_with_it_on_or_off(tiny_pipeline_dir, tmp_path):
+    """Trying robust settings retrains only the robust phase: the concepts' phases end in the same
+    weights whatever erase.robust says, and are found under the same keys."""
+    cache = tmp_path / "phases"
+    plain = _settings(rounds=0)
+    first = _erase(tiny_pipeline_dir, tmp_path / "a", plain, tmp_path / "a.safetensors", phase_cache=cache)
+    assert first.steps_run == 6 and first.phases_from_cache == 0
+    robust = _erase(tiny_pipeline_dir, tmp_path / "b", _settings(), tmp_path / "b.safetensors", phase_cache=cache)
+    assert robust.phases_from_cache == 2 and robust.steps_run == 8  # the robust phase's 2 x 2 x 2 steps only
+    other = _erase(tiny_pipeline_dir, tmp_path / "c", _settings(steps=1), None, phase_cache=cache)
+    assert other.phases_from_cache == 2 and other.steps_run == 4
+    # and from scratch with the robust phase on, its first phases end where the plain run's did
+    _erase(tiny_pipeline_dir, tmp_path / "d", _settings(), None, phase_cache=tmp_path / "phases-d")
+    from safetensors.torch import load_file
+
+    for f in sorted(cache.glob("*.safetensors")):
+        if (tmp_path / "phases-d" / f.name).exists():
+            a, b = load_file(str(f)), load_file(str(tmp_path / "phases-d" / f.name))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shared = {f.name for f in cache.glob("*.safetensors")} & {f.name for f in (tmp_path / "phases-d").glob("*")}
+    assert len(shared) == 3  # the two phases, and the robust one of run b (the same settings)

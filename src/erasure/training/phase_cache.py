@@ -39,7 +39,10 @@ def phase_key(base_hash: str, settings: EraseSettings, phases: list[list[Job]], 
             d["concept"]["reference_images"] = [hashlib.sha256(Path(r).read_bytes()).hexdigest()
                                                 for r in j.concept.reference_images]
             jobs.append(d)
-    spec = {"base_hash": base_hash, "settings": settings.model_dump(mode="json", exclude={"checkpoint_every"}),
+    # The robust phase's settings shape only that phase: the phases before it are found with it on or off.
+    robust = any(j.method == "adversarial" for p in phases for j in p)
+    ignored = {"checkpoint_every"} | (set() if robust else {"robust"})
+    spec = {"base_hash": base_hash, "settings": settings.model_dump(mode="json", exclude=ignored),
             "phases": [len(p) for p in phases], "jobs": jobs, "code": code}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
