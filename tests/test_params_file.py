@@ -51,9 +51,11 @@ EXPECTED = {
                                  "batch_size, weight_decay, pool_size, options (did you mean 'steps'?)",
     "recipe-run-level-field.yaml": f"{R}esd/style.mode: unknown field 'mode'; expected one of rule, steps",
     "recipe-option-misspelt.yaml": f"{R}esd/style.options.eat: unknown option 'eat'; expected one of "
-                                   "preserve_prompts, preserve_share, preserve_from, preserve_fragile, eta, sampler",
+                                   "preserve_prompts, preserve_share, preserve_from, preserve_fragile, "
+                                   "preserve_neighbours, eta, sampler",
     "recipe-option-other-method.yaml": f"{R}ca/instance.options.eta: unknown option 'eta'; expected one of "
-                                       "preserve_prompts, preserve_share, preserve_from, preserve_fragile, loss",
+                                       "preserve_prompts, preserve_share, preserve_from, preserve_fragile, "
+                                       "preserve_neighbours, loss",
     "recipe-option-out-of-range.yaml": f"{R}esd/implicit.options.eta: Input should be greater than 0, got 0",
     "recipe-option-share-1.yaml": f"{R}esd/style.options.preserve_share: Input should be less than 1, got 1.0",
     "recipe-option-wrong-type.yaml": f"{R}esd/style.options.ddim_steps: Input should be a valid integer, got 'many'",

@@ -125,7 +125,9 @@ def test_robust_phase_takes_back_what_learned_tokens_recover_on_the_miniworld(tm
     for rounds in (0, 3):
         pipe = load_pipeline()
         settings = EraseSettings(method="uce", mode="sequential", options={"context_prompts": 64, "preserve_prompts": 128},
-                                 robust={"rounds": rounds, "steps": 30, "options": {"images": 16}})
+                                 # 60 preservation trajectories read at 4 stops: the mechanism at a test's cost
+                                 robust={"rounds": rounds, "steps": 30,
+                                         "options": {"images": 16, "preserve_prompts": 64, "preserve_stops": 4}})
         erase(pipe, plan([concept], settings), settings, tmp_path / f"r{rounds}", None, progress=False)
         draw = lambda p, s, tok, pipe=pipe: generate(pipe, p, s, steps=20, guidance=5.0, progress=False)  # noqa: E731
         outs = attack(pipe, target, judge, draw, budget, steps=20, guidance=5.0, seed=0, log=lambda m: None)

@@ -29,7 +29,7 @@ PROMPT_SEED = 7  # the robust phase's own prompts: not the attack stage's (those
 
 
 class AdversarialOptions(Options):
-    rounds: int = Field(6, gt=0)  # inner attack, then outer steps; the job's steps split evenly
+    rounds: int = Field(10, gt=0)  # inner attack, then outer steps; the job's steps split evenly
     images: int = Field(16, gt=0)  # of the concept, from the base model: what the inner attack learns on
     image_steps: int = Field(20, gt=0)  # DDIM steps drawing them
     image_guidance: float = Field(5.0, ge=0)
@@ -43,15 +43,17 @@ class AdversarialOptions(Options):
     inner_batch: int = Field(4, gt=0)
     # Preservation rows (base.preservation_rows, toward the model as the phase finds it): this share
     # of each round's pool, from `preserve_prompts` captions, `preserve_fragile` of them the world's
-    # fragile outputs. Without them the other instances went with Pip (Zuzu 1.00 -> 0.00).
-    preserve_prompts: int = Field(64, ge=0)
+    # fragile outputs and `preserve_neighbours` the erased concepts' neighbours (prompts.py); drawn once
+    # for the phase and shared by every concept's pool. Without them the other instances went with Pip
+    # (Zuzu 1.00 -> 0.00); without neighbours, on the ten-concept default, Lindqvist lost 0.29 beside the
+    # three erased styles (0.04 with a quarter of them). One stop per trajectory: 240 distinct prompts
+    # cost about 30 s once, what 60 cost per concept before they were shared (README, "Robust erasure").
+    preserve_prompts: int = Field(240, ge=0)
     preserve_share: float = Field(0.5, gt=0, lt=1)
-    preserve_fragile: float = Field(0.5, ge=0, le=1)
-    preserve_neighbours: float = Field(0.0, ge=0, le=1)  # a share naming the concepts' neighbours (prompts.py)
+    preserve_fragile: float = Field(0.25, ge=0, le=1)
+    preserve_neighbours: float = Field(0.25, ge=0, le=1)
     preserve_ddim_steps: int = Field(20, gt=0)
-    # Rows read from each preservation trajectory (at that many of its steps): one each took 30 s per
-    # concept on the ten-concept default, more than its inner attacks.
-    preserve_stops: int = Field(4, gt=0)
+    preserve_stops: int = Field(1, gt=0)  # rows read from each preservation trajectory
 
     @model_validator(mode="after")
     def _shares(self):
@@ -70,7 +72,7 @@ class Adversarial:
         return "xattn"
 
     def defaults(self, kind: str) -> Defaults:
-        return Defaults(lr=5e-4, steps=180, batch_size=16)  # 30 outer steps in each of 6 rounds
+        return Defaults(lr=5e-4, steps=120, batch_size=16)  # 12 outer steps in each of 10 rounds
 
     def rounds(self, options: AdversarialOptions) -> int:
         """How many times the trainer rebuilds this method's pool over its steps (once per round)."""

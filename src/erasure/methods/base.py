@@ -56,6 +56,12 @@ class Pool:
     rows: dict[str, torch.Tensor]
     conds: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Contiguous, as a pool loaded from its file is: a strided view (a VAE posterior's mean) gives
+        # other last bits in the UNet, and a resumed run must train on what the uninterrupted one did.
+        self.rows = {k: v.contiguous() for k, v in self.rows.items()}
+        self.conds = {k: v.contiguous() for k, v in self.conds.items()}
+
     def __len__(self) -> int:
         return len(next(iter(self.rows.values())))
 
@@ -276,7 +282,9 @@ def encode_images(vae, images: np.ndarray) -> torch.Tensor:
     # memory layout, and a cached image (read from a PNG) must encode as the freshly drawn one did
     x = torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     x = (x.float() / 127.5 - 1).to(device, dtype)
-    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
+    # contiguous: the mean is a view of half the moments, and a pool saved and reloaded on resuming (then
+    # contiguous) must train as the freshly built one did, bit for bit
+    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu().contiguous()
 
 
 class PreserveOptions(Options):
