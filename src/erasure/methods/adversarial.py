@@ -22,7 +22,8 @@ from pydantic import Field, model_validator
 
 from ..concept import Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
-from .base import Bench, Defaults, Options, Pool, PreserveOptions, derived_seed, mse, preservation_rows
+from .base import (Bench, Defaults, Options, Pool, PreserveOptions, check_shares, derived_seed, mse,
+                   preservation_rows)
 
 
 PROMPT_SEED = 7  # the robust phase's own prompts: not the attack stage's (those are the evaluation's)
@@ -57,11 +58,7 @@ class AdversarialOptions(Options):
 
     @model_validator(mode="after")
     def _shares(self):
-        if self.preserve_fragile + self.preserve_neighbours > 1:
-            total = self.preserve_fragile + self.preserve_neighbours
-            raise ValueError(f"preserve_fragile + preserve_neighbours is {total:g}; expected at most 1 (shares of "
-                             "the same preservation prompts)")
-        return self
+        return check_shares(self)
 
 
 class Adversarial:

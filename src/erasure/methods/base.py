@@ -305,11 +305,16 @@ class PreserveOptions(Options):
 
     @model_validator(mode="after")
     def _shares(self):
-        if self.preserve_fragile + self.preserve_neighbours > 1:
-            total = self.preserve_fragile + self.preserve_neighbours
-            raise ValueError(f"preserve_fragile + preserve_neighbours is {total:g}; expected at most 1 (shares of "
-                             "the same preservation prompts)")
-        return self
+        return check_shares(self)
+
+
+def check_shares(options):
+    """preserve_fragile and preserve_neighbours are shares of the same preservation prompts."""
+    total = options.preserve_fragile + options.preserve_neighbours
+    if total > 1:
+        raise ValueError(f"preserve_fragile + preserve_neighbours is {total:g}; expected at most 1 (shares of "
+                         "the same preservation prompts)")
+    return options
 
 
 def preservation_rows(bench: Bench, concept: Concept, options: PreserveOptions, keep: int, gen: torch.Generator,
