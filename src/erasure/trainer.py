@@ -203,7 +203,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                 pools = [_pool(bench, j, workdir / "phases" / str(k), i, step * rounds // total, (settings.seed, k, i),
                                accelerator, previous=pools[i]) for i, j in enumerate(trained)]
                 result.seconds_pool += time.time() - t1
-            gen = torch.Generator().manual_seed(_seed(settings.seed, k, step))
+            gen = torch.Generator().manual_seed(derived_seed(settings.seed, k, step))
             i = int(torch.randint(0, len(trained), (1,), generator=gen)) if len(trained) > 1 else 0
             job = trained[i]
             idx = torch.randint(0, len(pools[i]), (job.batch_size,), generator=gen)[rank::world]
@@ -275,7 +275,7 @@ def _base_values(model: EditableModel, trainable: dict[str, torch.Tensor],
 
 def _edit_closed_form(bench: Bench, jobs: list[Job], seed_parts: tuple, model: EditableModel) -> None:
     """One solve for every closed-form job of a phase (UCE), on the weights as the phase finds them."""
-    gen = torch.Generator().manual_seed(_seed(*seed_parts))
+    gen = torch.Generator().manual_seed(derived_seed(*seed_parts))
     by_method: dict[str, list[Job]] = {}
     for j in jobs:
         by_method.setdefault(j.method, []).append(j)
@@ -289,10 +289,6 @@ def _label(phase: list[Job]) -> str:
         return phase[0].concept.text
     return f"{len(phase)} concepts in one solve" if all(closed_form(j.method) for j in phase) else \
         f"{len(phase)} concepts jointly"
-
-
-def _seed(*parts) -> int:
-    return derived_seed(*parts)
 
 
 def _names(model: EditableModel, rule: str) -> set[str]:
@@ -323,7 +319,7 @@ def _pool(bench: Bench, job: Job, folder: Path, i: int, r: int, seed_parts: tupl
     accelerator.wait_for_everyone()  # all ranks look before the main one writes it, or they disagree and deadlock
     if cached:
         return Pool.load(path)
-    gen = torch.Generator().manual_seed(_seed(*seed_parts, *([r] if r else [])))
+    gen = torch.Generator().manual_seed(derived_seed(*seed_parts, *([r] if r else [])))
     method = method_registry.get(job.method)
     if r:
         if previous is None:
