@@ -180,3 +180,39 @@ def test_the_phases_before_the_robust_one_are_found_in_the_phase_cache_with_it_o
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     shared = {f.name for f in cache.glob("*.safetensors")} & {f.name for f in (tmp_path / "phases-d").glob("*")}
     assert len(shared) == 3  # the two phases, and the robust one of run b (the same settings)
+
+
+@pytest.mark.parametrize("source", ["anchor", "both"])
+def test_the_outer_rows_are_noised_from_the_images_x_source_names(source, tiny_pipeline_dir, tmp_path, monkeypatch):
+    """x_source 'anchor': every outer row's x_t comes from the anchor prompts' images (drawn once, kept
+    across rounds); 'both': from the concept's and the anchor's images alike."""
+    from erasure.methods import adversarial
+    from erasure.methods.base import Bench, Pool
+
+    seen = []
+    noised = Bench.noised
+
+    def spy(self, latents, gen):
+        seen.append(latents.clone())
+        return noised(self, latents, gen)
+
+    monkeypatch.setattr(Bench, "noised", spy)
+    built = adversarial.Adversarial.build_pool
+
+    def build(self, bench, concept, options, size, gen, previous=None):
+        seen.clear()
+        pool = built(self, bench, concept, options, size, gen, previous)
+        outer = seen[-1]  # the preservation rows are noised before (round 1) or carried (later rounds)
+        z, za = pool.conds["_z"], pool.conds["_z_anchor"]
+        from_anchor = [any(torch.equal(row, a) for a in za) for row in outer]
+        from_concept = [any(torch.equal(row, c) for c in z) for row in outer]
+        assert all(a or c for a, c in zip(from_anchor, from_concept))
+        assert all(from_anchor) if source == "anchor" else (any(from_anchor) and any(from_concept))
+        return pool
+
+    monkeypatch.setattr(adversarial.Adversarial, "build_pool", build)
+    settings = _settings(steps=8, options=TOY | {"x_source": source, "images": 4})
+    _erase(tiny_pipeline_dir, tmp_path / "w", settings)
+    r0, r1 = (Pool.load(tmp_path / "w" / "phases" / "2" / n) for n in ("pool-0.safetensors", "pool-0-round1.safetensors"))
+    assert torch.equal(r0.conds["_z_anchor"], r1.conds["_z_anchor"])  # drawn once for the phase
+    assert not torch.equal(r0.conds["_z_anchor"][:2], r0.conds["_z"][:2])

@@ -63,13 +63,14 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
                        "base": base_hash, "code": code_hash(*TRAINING_CODE)}, sort_keys=True)
     workdir = params.paths.cache / "erase" / hashlib.sha256(spec.encode()).hexdigest()[:16]
     out_dir = params.paths.stage("erase")
+    phases = phases_of(jobs, settings)
     t0 = time.time()
     with atomic_dir(out_dir) if stop_after is None else _nowhere() as tmp:
         result = erase(pipe, jobs, settings, workdir, None if tmp is None else tmp / "delta.safetensors",
                        model_spec=params.model, base_hash=base_hash, progress=progress, stop_after=stop_after,
                        phase_cache=params.paths.cache / "phases", image_cache=params.paths.cache / "images")
         summary = {"concepts": [j.concept.text for j in jobs], "mode": settings.mode,
-                   "phases": [[j.concept.text for j in ph] for ph in phases_of(jobs, settings)],
+                   "phases": [[j.concept.text for j in ph] for ph in phases],
                    "jobs": [j.describe() | {"concept": j.concept.text} for j in jobs],
                    "steps_run": result.steps_run, "phases_from_cache": result.phases_from_cache,
                    "trainable_params": result.trainable_params, "history": result.history}
@@ -84,7 +85,7 @@ def run(params: PipelineParams, stop_after: int | None = None, progress: bool = 
             (tmp / "timing.json").write_text(json.dumps(timing, indent=1, sort_keys=True))
             # For `dvc plots` (loss vs step): the phases this run trained, not those from the phase cache;
             # kept out of train.json, which DVC and releases hash.
-            (tmp / "losses.json").write_text(_losses(phases_of(jobs, settings), result.losses))
+            (tmp / "losses.json").write_text(_losses(phases, result.losses))
             # The generic prompts' images after each phase but the last (evaluate draws the last):
             # evaluate measures what each phase cost on prompts naming no concept.
             np.savez_compressed(tmp / "phase_images.npz", **phase_images(params, jobs, settings, base_hash))
