@@ -23,7 +23,9 @@ The miniworld has 25 concepts (8 objects, 6 colours, 5 styles, 3 instances, 2 me
 implicit frame); a blocklist names no colour kind, and UCE cannot erase the unnamed frame, so UCE draws
 from 18. An object is mapped onto an object not drawn, so the largest k is the last that leaves one: 17
 for UCE's draw (its 18th concept is the diamond; at 18 every object is on the list and none is left to
-map onto). Trained methods draw from 19, with the frame.
+map onto). Trained methods draw from 19, with the frame. CA erases every kind in the draw; ESD's miniworld
+recipes erase inside scenes (context_prompts), which for an object or an instance must come as the
+blocklist's anchor_prompts, and this draw gives none: ESD rows stop at the first object with that error.
 """
 
 from __future__ import annotations
