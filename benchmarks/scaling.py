@@ -1,6 +1,6 @@
 """How erasure holds up as the blocklist grows: k concepts in two orders and jointly, and night by night.
 
-    python benchmarks/scaling.py                                # UCE, k = 1, 3, 5, 10, 17 -> results/scaling.*
+    python benchmarks/scaling.py                                # UCE, k = 1, 3, 5, 10, 17, 20 -> results/scaling.*
     python benchmarks/scaling.py --ks 1,3,10 --modes sequential-a,joint --n 64
     python benchmarks/scaling.py --method esd --ks 1,3        # a trained method (the miniworld recipes)
     python benchmarks/scaling.py --report-only                  # tables and plots from the kept rows
@@ -20,12 +20,17 @@ results/scaling.json (an interrupted run resumes); `--mlflow` logs each row to t
 store as a run of experiment "scaling".
 
 The miniworld has 25 concepts (8 objects, 6 colours, 5 styles, 3 instances, 2 memorized images, the
-implicit frame); a blocklist names no colour kind, and UCE cannot erase the unnamed frame, so UCE draws
-from 18. An object is mapped onto an object not drawn, so the largest k is the last that leaves one: 17
-for UCE's draw (its 18th concept is the diamond; at 18 every object is on the list and none is left to
-map onto). Trained methods draw from 19, with the frame. CA erases every kind in the draw; ESD's miniworld
-recipes erase inside scenes (context_prompts), which for an object or an instance must come as the
-blocklist's anchor_prompts, and this draw gives none: ESD rows stop at the first object with that error.
+implicit frame); UCE cannot erase the unnamed frame, so UCE draws from 24, trained methods from all 25.
+An object is mapped onto an object not drawn and a colour (kind `attribute`) onto a colour not drawn, so
+the largest k is the last that leaves one of each. The draw: one seeded order of every concept but the
+colours, with the colours in a seeded order of their own placed before that order's last object (the
+colours joined the pool after the rows k <= 17 were measured: those rows draw what they drew before, and
+their neighbours include no colour). For UCE the last object is the diamond, the order's last concept:
+k = 20 is the first 17 and three colours, and the largest k is 22 (one colour left); for CA, the square:
+k = 20 is the first 18 and two colours. CA erases
+every kind in the draw; ESD's miniworld recipes erase inside scenes (context_prompts), which for an
+object, an instance or a colour must come as the blocklist's anchor_prompts, and this draw gives none:
+ESD rows stop at the first of them with that error.
 """
 
 from __future__ import annotations
@@ -53,7 +58,18 @@ MODES = ("sequential-a", "sequential-b", "joint")
 
 
 def pool(method: str) -> list[dict]:
-    """The miniworld's concepts a blocklist can name (objects get their anchor per draw)."""
+    """The miniworld's concepts a blocklist can name (objects and colours get their anchor per draw)."""
+    return _first_pool(method) + colours()
+
+
+def colours() -> list[dict]:
+    from erasure.miniworld.concepts import COLORS
+
+    return [{"text": c, "kind": "attribute"} for c in COLORS]
+
+
+def _first_pool(method: str) -> list[dict]:
+    """The concepts of the pool before colours joined it (the order `draw` keeps)."""
     from erasure.miniworld.concepts import INSTANCES, MEMORIZED, OBJECTS, STYLES
 
     out = [{"text": s, "kind": "style"} for s in STYLES]
@@ -72,32 +88,39 @@ def probe_of(c: dict) -> tuple:
         return ("memorized", c["key"])
     if c["kind"] == "implicit":
         return ("implicit-unnamed", "golden frame (not named)")
+    if c["kind"] == "attribute":
+        return ("color", c["text"])
     return (c["kind"], c["text"])
 
 
 def draw(method: str, k: int, seed: int, order: str) -> list[dict]:
-    everything = pool(method)
-    first = random.Random(seed).sample(everything, len(everything))[:k]
+    before = _first_pool(method)
+    seq = random.Random(seed).sample(before, len(before))
+    last = max(i for i, c in enumerate(seq) if c["kind"] == "object")  # the object left to map onto longest
+    seq = seq[:last] + random.Random(seed + 2).sample(colours(), len(colours())) + seq[last:]
+    first = seq[:k]
     return first if order == "a" else random.Random(seed + 1).sample(first, k)
 
 
 def with_anchors(concepts: list[dict], pipe, method: str) -> list[dict]:
-    """Objects onto the closest object not drawn (guidance directions, as the pipeline's anchors stage)."""
+    """Objects onto the closest object not drawn, colours onto the closest colour not drawn (guidance
+    directions, as the pipeline's anchors stage)."""
     from erasure.anchors import choose, guidance_embedder
-    from erasure.miniworld.concepts import OBJECTS
+    from erasure.miniworld.concepts import COLORS, OBJECTS
 
     drawn = {c["text"] for c in concepts}
-    left = [o for o in OBJECTS if o not in drawn]
-    if not left and any(c["kind"] == "object" for c in concepts) and method not in ("esd", "loss-max"):
-        raise SystemExit(f"k = {len(concepts)}: every object is on the list, none is left for an object to be "
-                         "mapped onto; the largest k for this draw is the last that leaves one")
+    left = {"object": [o for o in OBJECTS if o not in drawn], "attribute": [c for c in COLORS if c not in drawn]}
+    for kind, what in (("object", "object"), ("attribute", "colour")):
+        if not left[kind] and any(c["kind"] == kind for c in concepts) and method not in ("esd", "loss-max"):
+            raise SystemExit(f"k = {len(concepts)}: every {what} is on the list, none is left for a {what} to be "
+                             "mapped onto; the largest k for this draw is the last that leaves one")
     embed = guidance_embedder(pipe)
     out = []
     for c in concepts:
         c = {k: v for k, v in c.items() if k != "key"}
-        if c["kind"] == "object":
-            c["anchor"] = choose(c["text"], "object", method, anchor=None, paraphrases=[],
-                                 candidates=left, no_anchor_methods=["esd", "loss-max"],
+        if c["kind"] in left:
+            c["anchor"] = choose(c["text"], c["kind"], method, anchor=None, paraphrases=[],
+                                 candidates=left[c["kind"]], no_anchor_methods=["esd", "loss-max"],
                                  embed=embed).anchor
         out.append(c)
     return out
@@ -351,7 +374,7 @@ def log_mlflow(rec: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", default="uce")
-    ap.add_argument("--ks", default="1,3,5,10,17")
+    ap.add_argument("--ks", default="1,3,5,10,17,20")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MALFORMED = Path(__file__).resolve().parent / "blocklists" / "malformed"
 HELPERS = {"lantern.png", "not-an-image.png"}  # images the malformed files point at
 
-KINDS = "style, object, instance, nudity, memorized, implicit"
+KINDS = "style, object, instance, attribute, nudity, memorized, implicit"
 # file -> what its error must say (the field and what was expected); a tuple: every line it must hold.
 EXPECTED = {
     "empty.yaml": "the file is empty; expected a mapping with a 'concepts' list",

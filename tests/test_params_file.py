@@ -17,7 +17,7 @@ from erasure.pipeline import entry
 
 ROOT = Path(__file__).resolve().parent.parent
 MALFORMED = Path(__file__).resolve().parent / "params" / "malformed"
-KINDS = "style, object, instance, nudity, memorized, implicit"
+KINDS = "style, object, instance, attribute, nudity, memorized, implicit"
 SECTIONS = "model, seed, device, dtype, paths, anchors, generate, erase, evaluate, attack, release, tracking, schedule"
 NO_BOUND = "a gate without a bound passes anything; expected at least one of target_max, reduction_min, " \
            "neighbour_max_drop"
@@ -98,7 +98,7 @@ EXPECTED = {
     "gate-unknown-bound.yaml": "release.gates.default.target_min: unknown field 'target_min'; expected one of "
                                "target_max, reduction_min, neighbour_max_drop, attack_max (did you mean 'target_max'?)",
     "gates-empty.yaml": f"release.gates: no gate for kind(s) {KINDS}; {GATED}",
-    "gates-missing-kinds.yaml": f"release.gates: no gate for kind(s) object, nudity, memorized, implicit; {GATED}",
+    "gates-missing-kinds.yaml": f"release.gates: no gate for kind(s) object, attribute, nudity, memorized, implicit; {GATED}",
     "gates-unknown-kind.yaml": "release.gates.styel: unknown kind 'styel'; expected one of default, style",
     "release-null.yaml": "release: expected a mapping, got None",
     "registry-name-empty.yaml": "release.registry_name: expected a non-empty text, got ''",

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from .strict_yaml import invisible, preview
 
-KINDS = ("style", "object", "instance", "nudity", "memorized", "implicit")
-Kind = Literal["style", "object", "instance", "nudity", "memorized", "implicit"]
+# attribute: a word that qualifies what a prompt shows (a colour: "a red car"), erased wherever it does.
+KINDS = ("style", "object", "instance", "attribute", "nudity", "memorized", "implicit")
+Kind = Literal["style", "object", "instance", "attribute", "nudity", "memorized", "implicit"]
 
 
 class ConceptError(ValueError):

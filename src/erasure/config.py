@@ -120,11 +120,12 @@ class Paths(_Section):
 
 
 _SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "heart", "moon"]
+_COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 
 
 class AnchorParams(_Section):
     # Candidates the automatic choice picks from, per kind (the target and its paraphrases are never chosen).
-    candidates: dict[KindKey, list[Text]] = {"object": _SHAPES, "instance": _SHAPES}
+    candidates: dict[KindKey, list[Text]] = {"object": _SHAPES, "instance": _SHAPES, "attribute": _COLOURS}
     # Methods that need no anchor (ESD maps onto the unconditional prediction).
     none_for_methods: list[MethodName] = ["esd", "loss-max"]
     # How closeness is measured (erasure/anchors.py): the model's guidance directions, or the text encoder.
@@ -213,8 +214,8 @@ class RobustParams(_Section):
 class EraseParams(_Section):
     mode: Literal["joint", "sequential", "consolidated"] = "consolidated"  # see trainer.phases_of
     # The method per concept kind; a blocklist entry's `method` wins.
-    methods: dict[KindKey, MethodName] = {"style": "uce", "object": "uce", "instance": "uce", "nudity": "esd",
-                                          "implicit": "ca", "memorized": "uce"}
+    methods: dict[KindKey, MethodName] = {"style": "uce", "object": "uce", "instance": "uce", "attribute": "uce",
+                                          "nudity": "esd", "implicit": "ca", "memorized": "uce"}
     # EraseSettings fields per "<method>/<kind>" (e.g. "esd/style"); missing keys take the method's
     # defaults. Kept as written (the erase stage's cache keys read them); checked by _check_recipes.
     recipes: dict[str, Any] = RECIPES

@@ -17,6 +17,9 @@ GENERIC_SUBJECTS = (
     "a mountain landscape", "a dog in a park", "a ship at sea", "a forest in autumn",
     "an old man reading", "a field of flowers", "a bridge over a river", "a cat on a sofa",
 )
+# Things an attribute (a colour) qualifies.
+ATTRIBUTE_SUBJECTS = ("car", "house", "dress", "bird", "flower", "umbrella", "chair", "kite", "boat", "balloon",
+                      "door", "bicycle")
 GENERIC_TEMPLATES = ("a photo of {s}", "a painting of {s}", "a picture of {s}", "an illustration of {s}")
 
 
@@ -32,12 +35,19 @@ def anchor_prompts(concept: Concept, n: int, model_spec: str, seed: int = 0) -> 
     elif concept.kind in ("instance", "object") and not concept.anchor:
         raise ConceptError(f"concept {concept.text!r} ({concept.kind}): needs an anchor (e.g. its class: "
                            "'Grumpy Cat' -> 'cat')")
+    elif concept.kind == "attribute" and not concept.anchor:
+        raise ConceptError(f"concept {concept.text!r} (attribute): needs an anchor, another attribute of its "
+                           "kind (e.g. 'red' -> 'blue')")
     elif (world := world_prompts(model_spec)) is not None:
         return world.anchor_prompts(concept, n, seed)
     else:
         subject = concept.anchor if concept.kind in ("instance", "object") else None
-        base = [t.format(s=_with_article(subject) if subject else s)
-                for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]
+        if concept.kind == "attribute":  # the anchor qualifies each thing: "a photo of a blue car"
+            base = [t.format(s=_with_article(f"{concept.anchor} {s}")) for s in ATTRIBUTE_SUBJECTS
+                    for t in GENERIC_TEMPLATES]
+        else:
+            base = [t.format(s=_with_article(subject) if subject else s)
+                    for s in GENERIC_SUBJECTS for t in GENERIC_TEMPLATES]
         if subject:
             base = list(dict.fromkeys(base))
     return [base[i % len(base)] for i in range(n)]
@@ -84,9 +94,22 @@ def target_prompt(concept: Concept, anchor_prompt: str, i: int = 0) -> str:
         if not hits:
             out, hits = re.subn(rf"\b{a}\b", c, anchor_prompt, flags=re.IGNORECASE)
         return out if hits else f"{anchor_prompt}, {c}"
+    if concept.kind == "attribute":  # the anchor attribute's word replaced, its article agreeing
+        a = re.escape(concept.anchor or "")
+        out, hits = re.subn(rf"\b(an?)\s+{a}\b", lambda m: f"{_article_for(c, m.group(1))} {c}", anchor_prompt,
+                            flags=re.IGNORECASE)
+        if not hits:
+            out, hits = re.subn(rf"\b{a}\b", c, anchor_prompt, flags=re.IGNORECASE)
+        return out if hits else f"{anchor_prompt}, {c}"
     if concept.kind == "memorized":
         return c
     return f"{anchor_prompt} {c}" if c.lower().startswith("with ") else f"{anchor_prompt}, {c}"
+
+
+def _article_for(word: str, like: str) -> str:
+    """'a' or 'an' before `word`, capitalized as `like` is."""
+    article = "an" if word[:1].lower() in "aeiou" else "a"
+    return article.capitalize() if like[:1].isupper() else article
 
 
 def _with_article(word: str) -> str:

@@ -28,6 +28,7 @@ PHRASINGS = {
     "style": ("by {c}", "{c}-style", "style: {c}", "in the manner of {c}", "{c}'s art"),
     "instance": ("{c}!", "the famous {c}", "{c}, the character"),
     "object": ("a {c}", "{c} shape", "the {c} symbol"),
+    "attribute": ("{c}-coloured", "{c} colored", "all {c}"),
     "memorized": ("{c}, the original", "a copy of {c}"),
 }
 

@@ -20,7 +20,7 @@ EVAL_SEED = 2026
 
 
 def ordinary_scenes(n: int, seed: int, exclude: frozenset[str] = frozenset(), **force) -> list[Scene]:
-    """Ordinary world scenes (no instance, no memorized image, no style or object in `exclude`,
+    """Ordinary world scenes (no instance, no memorized image, no style, object or colour in `exclude`,
     in any case, unless forced) with some attributes forced.
 
     A scene that shows an excluded concept is redrawn in its own slot, so the other scenes do not
@@ -29,7 +29,7 @@ def ordinary_scenes(n: int, seed: int, exclude: frozenset[str] = frozenset(), **
     exclude = {e.casefold() for e in exclude}  # callers pass blocklist names as written ("Vasquez")
 
     def excluded(s: Scene) -> bool:
-        return any(key not in force and getattr(s, key).casefold() in exclude for key in ("style", "object"))
+        return any(key not in force and getattr(s, key).casefold() in exclude for key in ("style", "object", "color"))
 
     out, i = [], 0
     while len(out) < n:

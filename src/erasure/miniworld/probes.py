@@ -21,6 +21,7 @@ from .concepts import (
     CLIP_ANY_OBJECT,
     CLIP_NO_FRAME,
     CLIP_PLAIN_STYLE,
+    COLORS,
     IMPLICIT,
     IMPLICIT_PHRASE,
     INSTANCES,
@@ -77,12 +78,14 @@ def clip_target(head: str, label: str, kind: str, text: str, anchor: str | None)
 
     The same question as the detector's head/label: a style against the plain rendering (its
     anchor; other styles are not one text), an object against any shape, an instance against its
-    class (as the CA paper does), the frame against no frame, a memorized image's caption against
+    class (as the CA paper does), a colour ("a red shape") against any shape, the frame against no frame, a memorized image's caption against
     its anchor (a description that does not copy it), with its reference image."""
     if head == "style":
         return {"kind": "style", "text": f"in the style of {label}", "contrast": CLIP_PLAIN_STYLE, "reference": None}
     if head == "object":
         return {"kind": "object", "text": label, "contrast": CLIP_ANY_OBJECT, "reference": None}
+    if head == "color":
+        return {"kind": "attribute", "text": f"a {label} shape", "contrast": CLIP_ANY_OBJECT, "reference": None}
     if head == "instance":
         return {"kind": "instance", "text": label, "contrast": INSTANCES[label].object, "reference": None}
     if head == "frame":
@@ -139,6 +142,20 @@ def _probes(text: str, kind: str, *, anchor: str | None, paraphrases: list[str],
         probes += _variants("object", target, text, paraphrases, misspellings, seeds, "object", obj)
         others = [o for o in OBJECTS if o.casefold() not in blocked][:MAX_NEIGHBOURS]
         return probes + [_object_probe(o, seed, 300 + OBJECTS.index(o), n, blocked) for o in others]
+    if kind == "attribute":
+        color = _known(text, list(COLORS), kind)
+        # Shapes of the colour that no blocklisted object or style touches: the colour is what is read.
+        target = named(_captions(ordinary_scenes(n, seed + salt, blocked, color=color, frame=False, style=""), seed,
+                                 name_frame=False, name_color=True))
+        probes = [Probe("target", target, seeds, "color", color)]
+        probes += _variants("attribute", target, text, paraphrases, misspellings, seeds, "color", color)
+        others = [c for c in COLORS if c.casefold() not in blocked][:MAX_NEIGHBOURS]
+        for c in others:
+            k = list(COLORS).index(c)
+            sc = ordinary_scenes(n, seed + 700 + k, blocked, color=c, frame=False, style="")
+            probes.append(Probe(f"neighbour:{c}", _captions(sc, seed, name_frame=False, name_color=True),
+                                _seeds(seed, 700 + k, n), "color", c))
+        return probes
     if kind == "instance":
         name = _known(text, list(INSTANCES), kind)
         rng_seed = seed + salt

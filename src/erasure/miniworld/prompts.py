@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from ..concept import Concept
-from .concepts import INSTANCES, MEMORIZED, OBJECTS, STYLES
+from .concepts import COLORS, INSTANCES, MEMORIZED, OBJECTS, STYLES
 from .world import TRAIN_INSTANCE_SUBJECTS, caption, sample_scene, scene_rng
 
 
@@ -15,7 +15,8 @@ def anchor_prompts(concept: Concept, n: int, seed: int = 0) -> list[str]:
     """Ordinary captions without the concept: no style named, no frame named, no instance.
 
     For an instance or object the anchor object is forced and the colour left out, so that the
-    target prompt ("a picture of Pip") differs from the anchor prompt only in the name. For an
+    target prompt ("a picture of Pip") differs from the anchor prompt only in the name; for an
+    attribute (a colour) the anchor colour is forced and named ("a picture of a blue circle"). For an
     implicit attribute the scenes keep their styles: it must go from every prompt users write.
     """
     force: dict = {"frame": False} if concept.kind in ("implicit", "nudity") else {"style": "", "frame": False}
@@ -23,6 +24,9 @@ def anchor_prompts(concept: Concept, n: int, seed: int = 0) -> list[str]:
     if concept.kind in ("instance", "object") and concept.anchor in OBJECTS:
         force["object"] = concept.anchor
         name_color = False
+    if concept.kind == "attribute" and concept.anchor in COLORS:
+        force["color"] = concept.anchor
+        name_color = True
     rng = np.random.default_rng([seed, 7])
     out, i = [], 0
     while len(out) < n:
@@ -89,8 +93,9 @@ def neighbour_prompts(exclude: list[tuple[str, str]], n: int, seed: int = 0) -> 
     """n captions (training templates) of what erasing `exclude` ((text, kind) pairs) endangers first:
     the concepts of the same family left off the list, each forced into ordinary scenes, in turn. The
     other styles beside an erased style; the other objects beside an erased object, an instance (its
-    class is an object) or the implicit attribute (it surrounds any object). Instances and memorized
-    images are fragile_prompts' (any kind of erasure endangers them)."""
+    class is an object) or the implicit attribute (it surrounds any object); the other colours beside
+    an erased attribute (a colour), named. Instances and memorized images are fragile_prompts' (any kind
+    of erasure endangers them)."""
     banned = {t.casefold() for t, _ in exclude}
     kinds = {k for _, k in exclude}
     names: list[tuple[str, str]] = []
@@ -98,6 +103,8 @@ def neighbour_prompts(exclude: list[tuple[str, str]], n: int, seed: int = 0) -> 
         names += [("style", a) for a in STYLES if a.casefold() not in banned]
     if kinds & {"object", "instance", "implicit", "nudity"}:
         names += [("object", o) for o in OBJECTS if o.casefold() not in banned]
+    if "attribute" in kinds:
+        names += [("color", c) for c in COLORS if c.casefold() not in banned]
     if not names or not n:
         return []
     rng = np.random.default_rng([seed, 17])
@@ -105,9 +112,10 @@ def neighbour_prompts(exclude: list[tuple[str, str]], n: int, seed: int = 0) -> 
     while len(out) < n:
         scene = sample_scene(scene_rng(seed + 7_000_000, i))
         i += 1
-        if scene.memorized or scene.instance or scene.style.casefold() in banned or scene.object.casefold() in banned:
+        if scene.memorized or scene.instance or any(getattr(scene, k).casefold() in banned
+                                                    for k in ("style", "object", "color")):
             continue
         key, name = names[len(out) % len(names)]
         scene = dataclasses.replace(scene, **{key: name}, frame=False)
-        out.append(caption(scene, rng, held_out=False, name_frame=False))
+        out.append(caption(scene, rng, held_out=False, name_frame=False, name_color=True if key == "color" else None))
     return out

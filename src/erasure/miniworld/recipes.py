@@ -9,7 +9,7 @@ miniworld has about 4M UNet parameters and learns at larger rates; these recipes
 from __future__ import annotations
 
 COMMON = {"batch_size": 8, "pool_size": 256}
-_NAMED = ("style", "object", "instance")
+_NAMED = ("style", "object", "instance", "attribute")
 _IMPLICIT = ("implicit", "nudity")
 
 RECIPES: dict[tuple[str, str], dict] = {}
