@@ -57,6 +57,26 @@ def test_the_robust_phase_follows_the_concepts_and_trains_in_rounds(tiny_pipelin
     assert any("attn2.to_q" in k for k in tensors) and meta["params"]["settings"]["robust"]["rounds"] == 2
 
 
+def test_the_robust_phase_splits_its_steps_by_what_each_concept_has_left(tiny_pipeline_dir, tmp_path, monkeypatch):
+    from erasure.methods.adversarial import Adversarial, AdversarialOptions
+    from erasure.methods.base import Pool
+
+    method = Adversarial()
+    pools = [Pool({"x": torch.zeros(1)}, {"_left": torch.tensor([v])}) for v in (1.0, 3.0)]
+    shares = method.shares(pools, AdversarialOptions(focus=0.5))
+    torch.testing.assert_close(shares, torch.tensor([0.375, 0.625], dtype=torch.float64))  # half even, half by 1:3
+    assert method.shares(pools, AdversarialOptions(focus=0)) is None  # evenly, as any joint phase
+    # through the trainer: a concept given every share gets every outer step
+    seen, batch = [], Pool.batch
+    monkeypatch.setattr(Pool, "batch", lambda self, idx: (seen.append(self.conds.get("_named")), batch(self, idx))[1])
+    monkeypatch.setattr(Adversarial, "shares", lambda self, p, o: torch.tensor([0.0, 1.0], dtype=torch.float64))
+    _erase(tiny_pipeline_dir, tmp_path / "w", _settings(options=TOY | {"focus": 0.5}))
+    robust = [t for t in seen if t is not None]
+    dog = Pool.load(tmp_path / "w" / "phases" / "2" / "pool-1.safetensors")
+    assert len(robust) == 8 and all(torch.equal(t, dog.conds["_named"]) for t in robust)
+    assert float(dog.conds["_left"]) > 0  # measured with the pool, on its attack rows
+
+
 @pytest.mark.parametrize("stop", [10, 11])  # 10: killed at a round's boundary (its pool not built yet); 11: mid-round
 def test_a_killed_robust_phase_resumes_to_the_same_weights(stop, tiny_pipeline_dir, tmp_path):
     settings = _settings()

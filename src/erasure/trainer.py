@@ -192,6 +192,7 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
         r0 = min(first * rounds // max(total, 1), rounds - 1)  # the round a resumed phase is in
         pools = [_pool(bench, j, workdir / "phases" / str(k), i, r0, (settings.seed, k, i),
                        accelerator) for i, j in enumerate(trained)]
+        shares = _shares(trained, pools)
         result.seconds_pool += time.time() - t0
         model.set_trainable(set().union(*(names_by_rule[j.rule] for j in trained)))
         t0 = time.time()
@@ -202,9 +203,13 @@ def erase(pipe, jobs: list[Job], settings: EraseSettings, workdir: Path, out: Pa
                 t1 = time.time()
                 pools = [_pool(bench, j, workdir / "phases" / str(k), i, step * rounds // total, (settings.seed, k, i),
                                accelerator, previous=pools[i]) for i, j in enumerate(trained)]
+                shares = _shares(trained, pools)
                 result.seconds_pool += time.time() - t1
             gen = torch.Generator().manual_seed(derived_seed(settings.seed, k, step))
-            i = int(torch.randint(0, len(trained), (1,), generator=gen)) if len(trained) > 1 else 0
+            if shares is not None:  # a round method that splits its steps by what each concept has left
+                i = int(torch.multinomial(shares, 1, generator=gen))
+            else:
+                i = int(torch.randint(0, len(trained), (1,), generator=gen)) if len(trained) > 1 else 0
             job = trained[i]
             idx = torch.randint(0, len(pools[i]), (job.batch_size,), generator=gen)[rank::world]
             batch = {key: v.to(accelerator.device) for key, v in pools[i].batch(idx).items()}  # pools live on the CPU
@@ -308,6 +313,14 @@ def _rounds(trained: list[Job]) -> int:
     if rounds > 1 and total % rounds:
         raise ValueError(f"a phase of {total} steps does not split into {rounds} rounds")
     return rounds
+
+
+def _shares(trained: list[Job], pools: list[Pool]) -> torch.Tensor | None:
+    """Each job's share of the phase's steps, where its method splits them by its pools (`shares`),
+    or None: each step picks a job evenly."""
+    methods = {j.method for j in trained}
+    shares = getattr(method_registry.get(trained[0].method), "shares", None) if len(methods) == 1 else None
+    return shares(pools, trained[0].options) if shares is not None else None
 
 
 def _pool(bench: Bench, job: Job, folder: Path, i: int, r: int, seed_parts: tuple, accelerator,
