@@ -59,7 +59,7 @@ def test_uce_erases_a_colour_on_the_shipped_miniworld_and_keeps_the_others(tmp_p
     from erasure.trainer import EraseSettings, erase, plan
 
     probes = probes_for("red", "attribute", anchor="blue", paraphrases=[], eval_prompts=[], reference_images=[],
-                        blocked={"red"}, n=16, seed=0)
+                        blocked={"red"}, n=8, seed=0)
     probes = [p for p in probes if p.name in ("target", "neighbour:blue", "neighbour:green")]
     judge = MiniworldJudge()
 
