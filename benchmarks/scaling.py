@@ -28,9 +28,9 @@ colours joined the pool after the rows k <= 17 were measured: those rows draw wh
 their neighbours include no colour). For UCE the last object is the diamond, the order's last concept:
 k = 20 is the first 17 and three colours, and the largest k is 22 (one colour left); for CA, the square:
 k = 20 is the first 18 and two colours. CA erases
-every kind in the draw; ESD's miniworld recipes erase inside scenes (context_prompts), which for an
-object, an instance or a colour must come as the blocklist's anchor_prompts, and this draw gives none:
-ESD rows stop at the first of them with that error.
+every kind in the draw; ESD's recipes erase inside scenes (context_prompts), which for an object, an
+instance or a colour must come as the blocklist's anchor_prompts, and this draw gives none: for those
+kinds ESD runs its paper form (the bare name, no context prompts).
 """
 
 from __future__ import annotations
@@ -136,6 +136,10 @@ def settings_for(method: str, mode: str, concepts: list[dict]):
     overrides = []
     for c in concepts:
         r = RECIPES.get(f"{method}/{c['kind']}") or recipe(method, c["kind"])
+        if method == "esd" and c["kind"] in ("object", "instance", "attribute") and r.get("options", {}).get("context_prompts"):
+            # Its recipe erases inside scenes, which these kinds take as the blocklist's anchor_prompts and
+            # the draw gives none: ESD's paper form (the bare name) instead.
+            r = {**r, "options": {**r["options"], "context_prompts": 0}}
         overrides.append({k: v for k, v in r.items() if k in ("rule", "steps", "lr", "batch_size", "pool_size",
                                                                "options")})
     settings = EraseSettings(method=method, mode="joint" if mode == "joint" else "sequential", seed=0,
