@@ -15,6 +15,9 @@ from .strict_yaml import invisible, preview
 # attribute: a word that qualifies what a prompt shows (a colour: "a red car"), erased wherever it does.
 KINDS = ("style", "object", "instance", "attribute", "nudity", "memorized", "implicit")
 Kind = Literal["style", "object", "instance", "attribute", "nudity", "memorized", "implicit"]
+# Kinds erased by mapping onto another thing of the same kind (their anchor: a class, another colour),
+# which the methods that map need and ESD's scene prompts are made from.
+ANCHORED_KINDS = ("instance", "object", "attribute")
 
 
 class ConceptError(ValueError):

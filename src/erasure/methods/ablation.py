@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..concept import Concept, ConceptError
+from ..concept import ANCHORED_KINDS, Concept, ConceptError
 from ..families import denoising_target
 from ..prompts import anchor_prompts, fragile_prompts, target_prompt
 from ..worlds import attribute_reader, not_copies
@@ -66,7 +66,7 @@ class ConceptAblation:
         return Defaults(lr=8e-6, steps=steps, batch_size=4, weight_decay=1e-2)
 
     def check(self, concept: Concept, options: CAOptions) -> None:
-        if concept.kind in ("instance", "object", "attribute") and not concept.anchor and not concept.anchor_prompts:
+        if concept.kind in ANCHORED_KINDS and not concept.anchor and not concept.anchor_prompts:
             raise ConceptError(f"concept {concept.text!r} ({concept.kind}): CA needs an anchor (e.g. its class)")
         if concept.kind == "memorized" and not (concept.paraphrases or concept.anchor_prompts or concept.anchor):
             raise ConceptError(f"concept {concept.text!r}: CA on a memorized image needs an anchor (a description "

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from ..concept import Concept, ConceptError
+from ..concept import ANCHORED_KINDS, Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
 from .base import (Bench, Defaults, Options, Pool, PreserveOptions, check_shares, derived_seed, mse,
                    preservation_rows)
@@ -98,7 +98,7 @@ class Adversarial:
         if not (options.inversion_tokens or options.soft_tokens):
             raise ConceptError("robust options: inversion_tokens and soft_tokens are both 0; expected an attack "
                                "to train against")
-        if concept.kind in ("instance", "object", "attribute") and not concept.anchor and not concept.anchor_prompts:
+        if concept.kind in ANCHORED_KINDS and not concept.anchor and not concept.anchor_prompts:
             raise ConceptError(f"concept {concept.text!r} ({concept.kind}): robust erasure maps attacks onto an "
                                "anchor; it has none")
 

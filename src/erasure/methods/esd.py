@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..concept import Concept, ConceptError
+from ..concept import ANCHORED_KINDS, Concept, ConceptError
 from ..prompts import anchor_prompts, target_prompt
 from ..trajectories import partial_trajectories
 from .base import Bench, Defaults, Pool, PreserveOptions, mse, preservation_rows, reference_images
@@ -80,7 +80,7 @@ class ESD:
         if options.context_prompts and concept.erase_from:
             raise ConceptError(f"concept {concept.text!r}: ESD context_prompts and erase_from both set the prompt "
                                "the trained model sees; use one")
-        if options.context_prompts and concept.kind in ("instance", "object", "attribute") and not concept.anchor_prompts:
+        if options.context_prompts and concept.kind in ANCHORED_KINDS and not concept.anchor_prompts:
             # Scenes naming an object are made from scenes of another object (its anchor), which ESD refuses.
             raise ConceptError(f"concept {concept.text!r} ({concept.kind}): ESD context_prompts needs the scenes "
                                "given as anchor_prompts in the blocklist; or use context_prompts 0, or method ca / uce")

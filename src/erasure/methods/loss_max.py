@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..concept import Concept, ConceptError
+from ..concept import ANCHORED_KINDS, Concept, ConceptError
 from ..families import denoising_target
 from ..prompts import anchor_prompts, target_prompt
 from .base import Bench, Defaults, Options, Pool, mse, prompt_table
@@ -32,7 +32,7 @@ class LossMax:
         return Defaults(lr=8e-6, steps=100, batch_size=4, weight_decay=1e-2)  # CA's, for a fair comparison
 
     def check(self, concept: Concept, options: LossMaxOptions) -> None:
-        if concept.kind in ("instance", "object", "attribute") and not concept.anchor and not concept.anchor_prompts:
+        if concept.kind in ANCHORED_KINDS and not concept.anchor and not concept.anchor_prompts:
             raise ConceptError(f"concept {concept.text!r} ({concept.kind}): loss-max builds its target prompts "
                                "from anchor prompts and needs an anchor (e.g. its class)")
 
