@@ -30,7 +30,9 @@ k = 20 is the first 17 and three colours, and the largest k is 22 (one colour le
 k = 20 is the first 18 and two colours. CA erases
 every kind in the draw; ESD's recipes erase inside scenes (context_prompts), which for an object, an
 instance or a colour must come as the blocklist's anchor_prompts, and this draw gives none: for those
-kinds ESD runs its paper form (the bare name, no context prompts).
+kinds ESD runs its paper form (the bare name, no context prompts). ESD takes no anchor, so an instance's
+class is dropped; a memorized image (ESD has no recipe for it) takes the objects' recipe in the same paper
+form (its caption).
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ def with_anchors(concepts: list[dict], pipe, method: str) -> list[dict]:
     out = []
     for c in concepts:
         c = {k: v for k, v in c.items() if k != "key"}
-        if c["kind"] in left:
+        if method in ("esd", "loss-max"):  # they erase toward no anchor: an instance's class is dropped too
+            c.pop("anchor", None)
+        elif c["kind"] in left:
             c["anchor"] = choose(c["text"], c["kind"], method, anchor=None, paraphrases=[],
                                  candidates=left[c["kind"]], no_anchor_methods=["esd", "loss-max"],
                                  embed=embed).anchor
@@ -129,6 +133,7 @@ def with_anchors(concepts: list[dict], pipe, method: str) -> list[dict]:
 def settings_for(method: str, mode: str, concepts: list[dict]):
     """The shipped params.yaml's recipe per kind (erasure.config.RECIPES, what the main job runs), else
     the miniworld's (src/erasure/miniworld/recipes.py); one EraseSettings for the run."""
+    from erasure.concept import ANCHORED_KINDS
     from erasure.config import RECIPES
     from erasure.miniworld.recipes import recipe
     from erasure.trainer import EraseSettings
@@ -136,9 +141,11 @@ def settings_for(method: str, mode: str, concepts: list[dict]):
     overrides = []
     for c in concepts:
         r = RECIPES.get(f"{method}/{c['kind']}") or recipe(method, c["kind"])
-        if method == "esd" and c["kind"] in ("object", "instance", "attribute") and r.get("options", {}).get("context_prompts"):
+        if method == "esd" and c["kind"] == "memorized" and not r:  # no recipe: the objects' (paper form below)
+            r = RECIPES["esd/object"]
+        if method == "esd" and c["kind"] in (*ANCHORED_KINDS, "memorized") and r.get("options", {}).get("context_prompts"):
             # Its recipe erases inside scenes, which these kinds take as the blocklist's anchor_prompts and
-            # the draw gives none: ESD's paper form (the bare name) instead.
+            # the draw gives none: ESD's paper form (the bare name or caption) instead.
             r = {**r, "options": {**r["options"], "context_prompts": 0}}
         overrides.append({k: v for k, v in r.items() if k in ("rule", "steps", "lr", "batch_size", "pool_size",
                                                                "options")})
