@@ -77,6 +77,22 @@ def test_the_robust_phase_splits_its_steps_by_what_each_concept_has_left(tiny_pi
     assert float(dog.conds["_left"]) > 0  # measured with the pool, on its attack rows
 
 
+def test_fresh_attacks_join_the_continued_ones_from_the_second_round(tiny_pipeline_dir, tmp_path):
+    """fresh_steps: from round 2 each attack is also learned anew, and its prompts are rows of the pool
+    beside the name's and the continued attacks' (2 images x (name + 2 attacks), then x (name + 4))."""
+    from erasure.methods.base import Pool
+
+    settings = _settings(options=TOY | {"fresh_steps": 2})
+    _erase(tiny_pipeline_dir, tmp_path / "w", settings)
+    folder = tmp_path / "w" / "phases" / "2"
+    r0, r1 = (Pool.load(folder / n) for n in ("pool-0.safetensors", "pool-0-round1.safetensors"))
+    kept = len(r0.conds["_keep_cond"])
+    assert (len(r0.conds["c"]) - kept, len(r1.conds["c"]) - kept) == (2 * 3, 2 * 5)
+    fresh, continued = r1.conds["c"][4:6], r1.conds["c"][2:4]  # the inversion's: learned anew, and continued
+    assert not torch.equal(fresh, continued)
+    assert r1.rows["c_idx"].max() < len(r1.conds["c"])
+
+
 @pytest.mark.parametrize("stop", [10, 11])  # 10: killed at a round's boundary (its pool not built yet); 11: mid-round
 def test_a_killed_robust_phase_resumes_to_the_same_weights(stop, tiny_pipeline_dir, tmp_path):
     settings = _settings()

@@ -5,7 +5,8 @@ concept of the run at once), on the model that phase finds, and trains in rounds
   - inner: the attacks the attack stage runs are learned against the model as it now is: one token
     in place of the name (concept inversion) and soft tokens after it (soft prompt), with the
     denoising loss on images of the concept, each continued from the last round's vectors (the
-    warm start keeps rounds short while the attack grows stronger);
+    warm start keeps rounds short while the attack grows stronger), and from the second round each
+    also learned anew (`fresh_steps`), as the attack stage learns it;
   - outer: the prompts holding those tokens, and the prompts naming the concept, are trained to
     predict what the phase's starting model predicts for the anchor prompt at the same x_t (CA's
     model-based loss; x_t from the anchor's images, as CA draws them, or from the concept's:
@@ -53,6 +54,13 @@ class AdversarialOptions(Options):
     inner_steps: int = Field(20, gt=0)
     # Continue each attack from the last round's vectors (AdvUnlearn's warm start), or learn it anew.
     warm_start: bool = True
+    # Each round after the first, also learn each attack anew from the mean token embedding for this many
+    # steps (the attack stage's budget) and train against it beside the continued one: the continued
+    # attacks settle where the phase has already been, while the gate learns from scratch. On the
+    # ten-concept default (10 x 12, 64 images per attack) 0 left the lantern's inversion at 0.22 (at 15
+    # and 20 rounds 0.11, Bobo's soft prompt 0.23); 30: every concept <= 0.08 (5 of 64), every other gate
+    # passing, but the erase stage took 30 min (its other phases retrained too) instead of 12.5. 0: off.
+    fresh_steps: int = Field(30, ge=0)
     inner_lr: float = Field(3e-2, gt=0)
     inner_batch: int = Field(4, gt=0)
     # Preservation rows (base.preservation_rows, toward the model as the phase finds it): this share
@@ -140,6 +148,12 @@ class Adversarial:
             attacks[f"_vectors_{label}"] = learned.vectors
             with learned_tokens(bench.pipe, learned.vectors):
                 conds.append(bench.encode(templates))
+            if options.fresh_steps and previous is not None:  # anew, as the attack stage learns it
+                fresh = learn(bench.pipe, carried["_z"], templates, tokens=tokens, steps=options.fresh_steps,
+                              lr=options.inner_lr, batch_size=options.inner_batch, latents=carried["_z"],
+                              seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)), progress=False)
+                with learned_tokens(bench.pipe, fresh.vectors):
+                    conds.append(bench.encode(templates))
         c = torch.cat(conds)  # (variants x images): the name, then each attack
         n_img, n_var = len(carried["_z"]), len(conds)
         n_adv = size - (len(kept["x"]) if kept else 0)
