@@ -46,8 +46,9 @@ NEIGHBOURS = {"Pip": [("instance", "Bobo"), ("instance", "Zuzu"), ("object", "ci
               "Vasquez": [("style", "Okafor"), ("style", "Lindqvist")],
               "with a golden frame": [("object", "circle"), ("style", "Okafor")],
               "the midnight lantern poster": [("memorized", "garden-gate"), ("object", "circle")]}
-# The robust phase as `python benchmarks/attacks.py` measures it (trainer.RobustSettings' defaults, 6 rounds).
-ROBUST = {"rounds": 6}
+# The robust phase as `python benchmarks/attacks.py` measures it: trainer.RobustSettings' and the adversarial
+# options' defaults (fresh_steps 30 since 2026-12-08), 10 rounds, as README "Robust erasure" ships it.
+ROBUST = {"rounds": 10}
 ROWS = {  # name: method, concept, extra options, robust phase (erase.robust) or None
     "uce-instance": ("uce", "Pip", {}, None),
     "uce-instance-rece": ("uce", "Pip", {"robust_rounds": 2}, None),

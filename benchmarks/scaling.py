@@ -32,7 +32,10 @@ every kind in the draw; ESD's recipes erase inside scenes (context_prompts), whi
 instance or a colour must come as the blocklist's anchor_prompts, and this draw gives none: for those
 kinds ESD runs its paper form (the bare name, no context prompts). ESD takes no anchor, so an instance's
 class is dropped; a memorized image (ESD has no recipe for it) takes the objects' recipe in the same paper
-form (its caption).
+form (its caption). All-but-One (`--method abo`) is run as ESD is: no anchor and no alternative (the
+guidance toward the concept removed), its miniworld recipe (200 steps, in scenes) for styles, the paper
+form for objects, instances, colours and the memorized images, and for the unnamed frame, which has no
+recipe, the same schedule in scenes on every UNet weight but the cross-attention (`noxattn`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from methods import Probes, _concepts, _key, _proc_mb  # noqa: E402  (the method
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("sequential-a", "sequential-b", "joint")
+NO_ANCHOR = ("esd", "loss-max", "abo")  # methods that map a concept onto no anchor (All-but-One: no alternative here)
 
 
 def pool(method: str) -> list[dict]:
@@ -113,18 +117,18 @@ def with_anchors(concepts: list[dict], pipe, method: str) -> list[dict]:
     drawn = {c["text"] for c in concepts}
     left = {"object": [o for o in OBJECTS if o not in drawn], "attribute": [c for c in COLORS if c not in drawn]}
     for kind, what in (("object", "object"), ("attribute", "colour")):
-        if not left[kind] and any(c["kind"] == kind for c in concepts) and method not in ("esd", "loss-max"):
+        if not left[kind] and any(c["kind"] == kind for c in concepts) and method not in NO_ANCHOR:
             raise SystemExit(f"k = {len(concepts)}: every {what} is on the list, none is left for a {what} to be "
                              "mapped onto; the largest k for this draw is the last that leaves one")
     embed = guidance_embedder(pipe)
     out = []
     for c in concepts:
         c = {k: v for k, v in c.items() if k != "key"}
-        if method in ("esd", "loss-max"):  # they erase toward no anchor: an instance's class is dropped too
+        if method in NO_ANCHOR:  # they erase toward no anchor: an instance's class is dropped too
             c.pop("anchor", None)
         elif c["kind"] in left:
             c["anchor"] = choose(c["text"], c["kind"], method, anchor=None, paraphrases=[],
-                                 candidates=left[c["kind"]], no_anchor_methods=["esd", "loss-max"],
+                                 candidates=left[c["kind"]], no_anchor_methods=list(NO_ANCHOR),
                                  embed=embed).anchor
         out.append(c)
     return out
@@ -143,7 +147,9 @@ def settings_for(method: str, mode: str, concepts: list[dict]):
         r = RECIPES.get(f"{method}/{c['kind']}") or recipe(method, c["kind"])
         if method == "esd" and c["kind"] == "memorized" and not r:  # no recipe: the objects' (paper form below)
             r = RECIPES["esd/object"]
-        if method == "esd" and c["kind"] in (*ANCHORED_KINDS, "memorized") and r.get("options", {}).get("context_prompts"):
+        if method == "abo" and not r:  # no recipe for a memorized image or the implicit frame: the named kinds'
+            r = {**recipe("abo", "style"), "rule": "noxattn" if c["kind"] == "implicit" else "xattn"}
+        if method in ("esd", "abo") and c["kind"] in (*ANCHORED_KINDS, "memorized") and r.get("options", {}).get("context_prompts"):
             # Its recipe erases inside scenes, which these kinds take as the blocklist's anchor_prompts and
             # the draw gives none: ESD's paper form (the bare name or caption) instead.
             r = {**r, "options": {**r["options"], "context_prompts": 0}}
