@@ -175,6 +175,10 @@ def main() -> None:
             erase(pipe, plan([c], settings), settings, work / "run", None, progress=False)
             erase_s = time.time() - t0
             rows, secs = run_attacks(pipe, t, budget, typed_texts=counted)
+            if robust:  # the options the row ran with (their defaults move as they are measured)
+                from erasure.methods.adversarial import AdversarialOptions
+
+                robust = {**robust, "options": AdversarialOptions(**robust.get("options", {})).model_dump(mode="json")}
             kept["rows"][name] = {"method": method, "concept": concept, "options": extra, "robust": robust,
                                   "erase_seconds": round(erase_s, 1),
                                   "attack_seconds": round(secs, 1), "rows": rows,
